@@ -9,7 +9,7 @@ exactly what ``torch.Tensor.to(torch.bfloat16).float()`` gives.
 
 from __future__ import annotations
 
-from typing import Literal, cast, get_args
+from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -57,4 +57,4 @@ def check_dtype(dtype: str) -> DType:
 
     if dtype not in DTYPES:
         raise InvalidInputError.one_of("dtype", DTYPES, dtype)
-    return cast(DType, dtype)
+    return dtype

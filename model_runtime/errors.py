@@ -3,12 +3,12 @@
 The tree::
 
     ModelRuntimeError
-    ├── InvalidInputError      a caller's mistake (bad size, empty prompt, unreadable image); names the field,
-    │                          the allowed values and the given value. The server maps it to HTTP 400.
-    ├── ModelLoadError         a model folder or bundle is missing, incomplete or inconsistent; names the file.
-    ├── BackendUnavailableError a backend's framework or provider cannot be used on this machine.
-    ├── CanceledError          every sample of a run was canceled between steps.
-    └── InferenceError         a backend failed while computing (recoverable: the batch fails, the process lives).
+    ├── InvalidInputError        a caller's mistake (bad size, empty prompt, unreadable image); names
+    │                            the field, the allowed values and the given value (HTTP 400).
+    ├── ModelLoadError           a folder or bundle is missing, incomplete or inconsistent; names the file.
+    ├── BackendUnavailableError  a backend's framework or provider is not usable on this machine.
+    ├── CanceledError            every sample of a run was canceled between steps.
+    └── InferenceError           a backend failed while computing (the batch fails, the process lives).
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def hash_file(path: Path) -> str:
 
 
 def hash_tree(root: Path) -> str:
-    """SHA-256 of a folder: the hash of ``"<relative path> <file sha256>\\n"`` lines, sorted by path."""
+    """SHA-256 of a folder: the hash of one ``<relative path> <file sha256>`` line per file, sorted."""
     lines = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()

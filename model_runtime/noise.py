@@ -27,7 +27,9 @@ def check_seed(seed: int) -> int:
     return seed
 
 
-def initial_noise(source: NoiseSource, seed: int, shape: tuple[int, ...], dtype: DType) -> NDArray[np.float32]:
+def initial_noise(
+    source: NoiseSource, seed: int, shape: tuple[int, ...], dtype: DType
+) -> NDArray[np.float32]:
     """Draw the initial latent of one sample.
 
     Args:

@@ -128,7 +128,9 @@ class Pipeline:
         sizes = self.backend.supported_sizes()
         if sizes is not None and (width, height) not in sizes:
             allowed = ", ".join(f"{w}x{h}" for w, h in sizes)
-            raise InvalidInputError("size", "is not compiled into this bundle.", allowed=allowed, given=f"{width}x{height}")
+            raise InvalidInputError(
+                "size", "is not compiled into this bundle.", allowed=allowed, given=f"{width}x{height}"
+            )
 
     def plan(self, spec: SampleSpec, index: int = 0) -> SamplePlan:
         """Validate one spec and resolve its sizes, steps and guidance.
@@ -146,7 +148,9 @@ class Pipeline:
             raise InvalidInputError.one_of("noise", NOISE_SOURCES, spec.noise)
         steps = cfg.default_steps if spec.steps is None else spec.steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-            raise InvalidInputError("steps", "must be an integer in range.", allowed=f"1 … {MAX_STEPS}", given=steps)
+            raise InvalidInputError(
+                "steps", "must be an integer in range.", allowed=f"1 … {MAX_STEPS}", given=steps
+            )
         if (spec.width is None) != (spec.height is None):
             missing = "height" if spec.height is None else "width"
             raise InvalidInputError(missing, "must be given together with the other side.", given=None)
@@ -154,24 +158,37 @@ class Pipeline:
         guidance: GuidanceMode = "none"
         g = gi = None
         if cfg.variant == "mobile":
-            for name, value in (("guidance_scale", spec.guidance_scale), ("image_guidance_scale", spec.image_guidance_scale)):
+            for name, value in (
+                ("guidance_scale", spec.guidance_scale),
+                ("image_guidance_scale", spec.image_guidance_scale),
+            ):
                 if value is not None:
                     raise InvalidInputError(
-                        name, "is not used by the distilled mobile model (it runs without guidance).",
-                        allowed="omit it", given=value,
+                        name,
+                        "is not used by the distilled mobile model (it runs without guidance).",
+                        allowed="omit it",
+                        given=value,
                     )
         else:
             guidance = "cfg"
             g = cfg.guidance_scale if spec.guidance_scale is None else float(spec.guidance_scale)
-            gi = cfg.image_guidance_scale if spec.image_guidance_scale is None else float(spec.image_guidance_scale)
+            gi = (
+                cfg.image_guidance_scale
+                if spec.image_guidance_scale is None
+                else float(spec.image_guidance_scale)
+            )
             if not 0.0 <= g <= 50.0:
                 raise InvalidInputError("guidance_scale", "is out of range.", allowed="0 … 50", given=g)
             if not 0.0 <= gi <= 50.0:
-                raise InvalidInputError("image_guidance_scale", "is out of range.", allowed="0 … 50", given=gi)
+                raise InvalidInputError(
+                    "image_guidance_scale", "is out of range.", allowed="0 … 50", given=gi
+                )
 
         if spec.task == "generate":
             if spec.image is not None:
-                raise InvalidInputError("image", "is only used by edits.", allowed="no image for generate", given="an image")
+                raise InvalidInputError(
+                    "image", "is only used by edits.", allowed="no image for generate", given="an image"
+                )
             if spec.working_size is not None:
                 raise InvalidInputError("working_size", "is only used by edits.", given=spec.working_size)
             width = cfg.default_size[0] if spec.width is None else spec.width
@@ -179,7 +196,9 @@ class Pipeline:
             self._check_size(width, height)
             work = out = (width, height)
             branches: tuple[_Branch, ...] = (
-                (_Branch("cond", False),) if guidance == "none" else (_Branch("uncond", False), _Branch("cond", False))
+                (_Branch("cond", False),)
+                if guidance == "none"
+                else (_Branch("uncond", False), _Branch("cond", False))
             )
             image_guidance = None
         else:
@@ -191,7 +210,9 @@ class Pipeline:
                 or image.shape[2] != 3
                 or min(image.shape[:2]) < 1
             ):
-                raise InvalidInputError("image", "must be an RGB image.", allowed="(H, W, 3) uint8", given=None)
+                raise InvalidInputError(
+                    "image", "must be an RGB image.", allowed="(H, W, 3) uint8", given=None
+                )
             work = cfg.edit_working_size if spec.working_size is None else tuple(spec.working_size)  # type: ignore[assignment]
             self._check_size(*work)
             if spec.width is None or spec.height is None:
@@ -199,8 +220,14 @@ class Pipeline:
             else:
                 out = (spec.width, spec.height)
                 for name, value in (("width", spec.width), ("height", spec.height)):
-                    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_SIDE:
-                        raise InvalidInputError(name, "is out of range.", allowed=f"1 … {MAX_OUTPUT_SIDE}", given=value)
+                    if (
+                        isinstance(value, bool)
+                        or not isinstance(value, int)
+                        or not 1 <= value <= MAX_OUTPUT_SIDE
+                    ):
+                        raise InvalidInputError(
+                            name, "is out of range.", allowed=f"1 … {MAX_OUTPUT_SIDE}", given=value
+                        )
             branches = (
                 (_Branch("cond", True),)
                 if guidance == "none"
@@ -249,7 +276,9 @@ class Pipeline:
             n_image = num_image_tokens(grid, int(self.spec.processor_config.get("merge_size", 2)))
         ids = self.tokenizer.encode(template, n_image)  # (T,) int64
         if ids.shape[0] <= drop:
-            raise InvalidInputError("prompt", f"produced {ids.shape[0]} tokens, not more than the {drop} template tokens.")
+            raise InvalidInputError(
+                "prompt", f"produced {ids.shape[0]} tokens, not more than the {drop} template tokens."
+            )
         hidden = self.backend.text_encoder(TextEncoderInput(ids, pixel_values, grid))  # (T, D) float32
         hidden = round_to(hidden, self.dtype)
         features = np.ascontiguousarray(hidden[drop:])  # (L, D) float32
@@ -257,7 +286,9 @@ class Pipeline:
             self.feature_cache.put(key, features)
         if not traced:
             return _TextFeatures(features=features)
-        return _TextFeatures(features=features, input_ids=ids, hidden=hidden, pixel_values=pixel_values, grid=grid)
+        return _TextFeatures(
+            features=features, input_ids=ids, hidden=hidden, pixel_values=pixel_values, grid=grid
+        )
 
     def _pad_text(self, rows: list[NDArray[np.float32]]) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         longest = max(r.shape[0] for r in rows)
@@ -307,7 +338,9 @@ class Pipeline:
         key = plans[0].key
         for p in plans[1:]:
             if p.key != key:
-                raise InvalidInputError("batch", "mixes samples with different batch keys.", given=f"{key} and {p.key}")
+                raise InvalidInputError(
+                    "batch", "mixes samples with different batch keys.", given=f"{key} and {p.key}"
+                )
         flags = list(cancel_flags) if cancel_flags is not None else [None] * len(plans)
         if len(flags) != len(plans):
             raise InvalidInputError("cancel_flags", "must have one entry per spec.", given=len(flags))
@@ -378,14 +411,22 @@ class Pipeline:
                 k = len(plans[i].branches)
                 v = self._combine(plans[i], velocity[r : r + k])  # (4, h, w)
                 latents[i] = euler_step(
-                    latents[i : i + 1], v[None], float(schedule.sigmas[step]), float(schedule.sigmas[step + 1]), dt
+                    latents[i : i + 1],
+                    v[None],
+                    float(schedule.sigmas[step]),
+                    float(schedule.sigmas[step + 1]),
+                    dt,
                 )[0]
                 if traces is not None:
                     traces[i].add(f"step{step}_unet_out", out[r : r + k])
                     traces[i].add(f"step{step}_latents", latents[i : i + 1])
                 r += k
             if on_step is not None:
-                on_step(StepEvent(step=step + 1, total=key.steps, indices=tuple(active), latents=latents[active].copy()))
+                on_step(
+                    StepEvent(
+                        step=step + 1, total=key.steps, indices=tuple(active), latents=latents[active].copy()
+                    )
+                )
             active = [i for i in active if not _is_set(flags[i])]
         timings["denoise"] = time.perf_counter() - t0
         batch_size = len(plans)
@@ -444,7 +485,8 @@ class Pipeline:
     def _combine(self, plan: SamplePlan, v: NDArray[np.float32]) -> NDArray[np.float32]:
         """Guidance: none (mobile), text CFG (base generate) or text + image CFG (base edit)."""
         if len(plan.branches) == 1:
-            return v[0]
+            only: NDArray[np.float32] = v[0]
+            return only
         dt = self.dtype
         g = np.float32(plan.guidance_scale or 0.0)
         if len(plan.branches) == 2:  # [uncond, cond]
@@ -479,19 +521,24 @@ class Pipeline:
                     "backend": self.backend.info.name,
                     "provider": self.backend.info.provider,
                     "model_id": self.config.model_id,
-                    "drop_idx": self.config.drop_idx_edit if p.spec.task == "edit" else self.config.drop_idx_generate,
+                    "drop_idx": self.config.drop_idx_edit
+                    if p.spec.task == "edit"
+                    else self.config.drop_idx_generate,
                     "mu": schedule.mu,
                     "prompt_sha256": hashlib.sha256(p.spec.prompt.encode()).hexdigest(),
                 }
             )
             if p.spec.task == "edit":
-                assert p.spec.image is not None and p.vlm_image is not None and p.vae_image is not None
+                assert p.spec.image is not None
+                assert p.vlm_image is not None
+                assert p.vae_image is not None
                 tr.add("source", p.spec.image)
                 tr.add(f"source_vlm_{_size_tag(self.config.vlm_image_size)}", p.vlm_image)
                 tr.add(f"source_vae_{_size_tag(p.work_size)}", p.vae_image)
             for which, feats in texts[i].items():
                 prefix = "" if which == "cond" else "uncond_"
-                assert feats.input_ids is not None and feats.hidden is not None
+                assert feats.input_ids is not None
+                assert feats.hidden is not None
                 if feats.pixel_values is not None and which == "cond":
                     tr.add("vlm_pixel_values", feats.pixel_values)
                     tr.add("image_grid_thw", feats.grid)  # type: ignore[arg-type]

@@ -115,7 +115,9 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h_bar, w_bar
 
 
-def vlm_inputs(image: RGB8, processor_config: dict[str, Any]) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+def vlm_inputs(
+    image: RGB8, processor_config: dict[str, Any]
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Pixel patches and grid of one image for the Qwen3-VL vision tower.
 
     Args:

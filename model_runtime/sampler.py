@@ -87,7 +87,7 @@ def _cached_schedule(config_json: str, width: int, height: int, steps: int) -> S
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     config = json.loads(config_json)
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)  # type: ignore[no-untyped-call]
     mu = shift_mu(config, width, height) if config.get("use_dynamic_shifting", False) else None
     sigmas_in = np.linspace(1.0, 1.0 / steps, steps)
     scheduler.set_timesteps(sigmas=sigmas_in, mu=mu)

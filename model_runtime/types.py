@@ -90,13 +90,17 @@ class StepEvent:
 class StepCallback(Protocol):
     """Per-step hook: called on the runtime thread after every step."""
 
-    def __call__(self, event: StepEvent) -> None: ...
+    def __call__(self, event: StepEvent) -> None:
+        """Receive one step event."""
+        ...
 
 
 class CancelFlag(Protocol):
     """Anything with ``is_set()``; ``threading.Event`` qualifies. Checked between steps and before decode."""
 
-    def is_set(self) -> bool: ...
+    def is_set(self) -> bool:
+        """True once the sample should stop."""
+        ...
 
 
 @dataclass(slots=True)
@@ -153,7 +157,7 @@ class SampleResult:
         image: ``(H, W, 3)`` uint8 for succeeded samples.
         recipe: The resolved recipe.
         trace: Intermediates, when the run was asked for them.
-        timings: Seconds per stage for the batch this sample ran in (``text_encode``, ``denoise``, ``decode``).
+        timings: Seconds per stage of the sample's batch (``text_encode``, ``denoise``, ``decode`` …).
     """
 
     index: int

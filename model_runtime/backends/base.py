@@ -96,8 +96,11 @@ class Denoiser(Protocol):
         text_mask: NDArray[np.int64],
         time_ids: NDArray[np.float32],
     ) -> NDArray[np.float32]:
-        """``sample`` (B, 4, h, 2w), ``timestep`` (B,), ``text`` (B, L, D), ``text_mask`` (B, L) 1=keep,
-        ``time_ids`` (B, 2) = [W, H] → velocity (B, 4, h, 2w) float32."""
+        """Velocity of the in-context latent.
+
+        Shapes: ``sample`` (B, 4, h, 2w), ``timestep`` (B,), ``text`` (B, L, D), ``text_mask`` (B, L)
+        with 1 = keep, ``time_ids`` (B, 2) = [W, H] → velocity (B, 4, h, 2w) float32.
+        """
         ...
 
 

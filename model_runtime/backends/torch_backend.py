@@ -79,7 +79,11 @@ def prefinal_text_states(
     handle = model.language_model.norm.register_forward_pre_hook(grab)
     try:
         model.rope_deltas = None  # M-RoPE offsets are cached on the module between calls; never reuse them
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "use_cache": False,
+        }
         if pixel_values is not None:
             image_token_id = int(text_encoder.config.image_token_id)
             kwargs["pixel_values"] = pixel_values
@@ -103,15 +107,17 @@ class TorchTextEncoder:
         self.dtype = dtype
 
     def __call__(self, inputs: TextEncoderInput) -> NDArray[np.float32]:
+        """``(T, D)`` float32 features of one prompt (batch 1, no padding, as the official pipeline)."""
         ids = torch.from_numpy(inputs.input_ids).to(self.device)[None]  # (1, T) int64
         mask = torch.ones_like(ids)  # (1, T) int64: batch 1, no padding (as the official pipeline)
         pixels = grid = None
         if inputs.pixel_values is not None:
             pixels = torch.from_numpy(inputs.pixel_values).to(self.device, self.dtype)  # (P, K)
-            grid = torch.from_numpy(inputs.image_grid_thw).to(self.device)  # type: ignore[arg-type]
+            grid = torch.from_numpy(np.asarray(inputs.image_grid_thw)).to(self.device)
         with torch.inference_mode():
             states = prefinal_text_states(self.model, ids, mask, pixels, grid)  # (1, T, D) dtype
-        return states[0].to(torch.float32).cpu().numpy()  # (T, D) float32
+        result: NDArray[np.float32] = states[0].to(torch.float32).cpu().numpy()  # (T, D) float32
+        return result
 
 
 class TorchDenoiser:
@@ -130,6 +136,7 @@ class TorchDenoiser:
         text_mask: NDArray[np.int64],
         time_ids: NDArray[np.float32],
     ) -> NDArray[np.float32]:
+        """One UNet forward (see :class:`model_runtime.backends.base.Denoiser`)."""
         d, t = self.device, self.dtype
         with torch.inference_mode():
             out = self.unet(
@@ -140,7 +147,8 @@ class TorchDenoiser:
                 added_cond_kwargs={"time_ids": torch.from_numpy(time_ids).to(d, t)},  # (B, 2) = [W, H]
                 return_dict=False,
             )[0]
-        return out.to(torch.float32).cpu().numpy()  # (B, 4, h, 2w) float32
+        result: NDArray[np.float32] = out.to(torch.float32).cpu().numpy()  # (B, 4, h, 2w) float32
+        return result
 
 
 class TorchVaeEncoder:
@@ -150,9 +158,11 @@ class TorchVaeEncoder:
         self.vae, self.device, self.dtype = vae, device, dtype
 
     def __call__(self, images: NDArray[np.float32]) -> NDArray[np.float32]:
+        """``(B, 3, H, W)`` in [−1, 1] → ``(B, 4, H/8, W/8)``."""
         with torch.inference_mode():
             latents = self.vae.encode(torch.from_numpy(images).to(self.device, self.dtype)).latents
-        return latents.to(torch.float32).cpu().numpy()  # (B, 4, H/8, W/8) float32
+        result: NDArray[np.float32] = latents.to(torch.float32).cpu().numpy()  # (B, 4, H/8, W/8)
+        return result
 
 
 class TorchVaeDecoder:
@@ -162,9 +172,13 @@ class TorchVaeDecoder:
         self.vae, self.device, self.dtype = vae, device, dtype
 
     def __call__(self, latents: NDArray[np.float32]) -> NDArray[np.float32]:
+        """``(B, 4, h, w)`` → ``(B, 3, 8h, 8w)``."""
         with torch.inference_mode():
-            images = self.vae.decode(torch.from_numpy(latents).to(self.device, self.dtype), return_dict=False)[0]
-        return images.to(torch.float32).cpu().numpy()  # (B, 3, H, W) float32 in about [−1, 1]
+            images = self.vae.decode(
+                torch.from_numpy(latents).to(self.device, self.dtype), return_dict=False
+            )[0]
+        result: NDArray[np.float32] = images.to(torch.float32).cpu().numpy()  # (B, 3, H, W) ≈ [−1, 1]
+        return result
 
 
 def _load(what: str, path: Path, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -191,7 +205,9 @@ class TorchBackend:
         unet = _load(
             "UNet", root / "unet", DreamLiteUNetModel.from_pretrained, root, subfolder="unet", torch_dtype=tdt
         )
-        vae = _load("VAE", root / "vae", AutoencoderTiny.from_pretrained, root, subfolder="vae", torch_dtype=tdt)
+        vae = _load(
+            "VAE", root / "vae", AutoencoderTiny.from_pretrained, root, subfolder="vae", torch_dtype=tdt
+        )
         text_encoder = _load(
             "text encoder",
             root / "text_encoder",
