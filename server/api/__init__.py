@@ -1,0 +1,1 @@
+"""Stage ① HTTP layer: wire types, validation, media and the FastAPI routers."""

@@ -1,0 +1,1 @@
+"""Stage ② engine: admission, the batcher, the runner that owns the model, and the engine loop."""

@@ -1,0 +1,1 @@
+"""Stage ⑧ observability: Prometheus metrics and tracing helpers."""
