@@ -149,7 +149,10 @@ def _warmup_size(settings: ServerSettings) -> tuple[int, int] | bool | None:
 
 
 def create_app(
-    settings: ServerSettings | None = None, *, runtime_loader: RuntimeLoader | None = None
+    settings: ServerSettings | None = None,
+    *,
+    runtime_loader: RuntimeLoader | None = None,
+    on_load_failure: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """Build the app.
 
@@ -157,6 +160,7 @@ def create_app(
         settings: Server settings (default: read from the environment).
         runtime_loader: Builds the runtime from the prompt-feature cache (default: load the model the
             settings name). Tests pass one that reuses an already loaded backend.
+        on_load_failure: Called if the model cannot be loaded (the CLI stops uvicorn then).
 
     Returns:
         The FastAPI app; its lifespan starts and stops the engine.
@@ -184,6 +188,7 @@ def create_app(
             metrics=metrics,
             encoder=encode_output,
             preview_encoder=encode_preview,
+            on_load_failure=on_load_failure,
         )
         app.state.engine = engine
         await engine.start()

@@ -62,11 +62,13 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Handler of ``dreamlite serve``."""
+    """Handler of ``dreamlite serve``: fail fast on a bad configuration, else run uvicorn until stopped."""
+    import importlib.util
+
     import uvicorn
     from pydantic import ValidationError
 
-    from model_runtime.errors import InvalidInputError
+    from model_runtime.errors import BackendUnavailableError, InvalidInputError, ModelLoadError
     from server.app import create_app
     from server.log_setup import configure_logging
 
@@ -77,10 +79,31 @@ def run_serve(args: argparse.Namespace) -> int:
         field = ".".join(str(p) for p in first.get("loc", ())) or "settings"
         raise InvalidInputError(field, str(first.get("msg", "is invalid")) + ".") from err
     configure_logging(settings.log_level, settings.log_format)
-    if settings.model.backend == "torch" and settings.model.dir is None:
+    backend = settings.model.backend
+    if backend == "torch" and settings.model.dir is None:
         from model_runtime.assets import default_model_dir
 
         default_model_dir()  # fail fast with the actionable message when the embedded model is absent
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, ws="websockets")
+    if importlib.util.find_spec(f"model_runtime.backends.{backend}_backend") is None:
+        raise BackendUnavailableError(
+            f"the {backend} backend is not part of this build yet; use --backend torch"
+        )
+    failures: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def stop(err: BaseException) -> None:
+        failures.append(err)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_load_failure=stop)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, ws="websockets")
+    server = uvicorn.Server(config)
+    server.run()
+    if failures:
+        failure = failures[0]
+        if isinstance(failure, ModelLoadError | BackendUnavailableError | InvalidInputError):
+            raise failure
+        source = str(settings.model.dir or settings.model.bundle)
+        raise ModelLoadError(source, f"cannot be loaded: {failure}") from failure
     return 0

@@ -89,7 +89,13 @@ def decode_upload(
         with Image.open(io.BytesIO(data)) as probe:  # reads the header only
             width, height = probe.size
             fmt = probe.format
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # Pillow's own header check (far above our limit)
+        raise PayloadTooLargeError(
+            f"`{param}` has far too many pixels; the limit is {max_pixels}.",
+            param=param,
+            code="image_too_many_pixels",
+        ) from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         raise InvalidRequestError.field(
             param, "is not a readable image.", allowed="PNG, JPEG or WebP", given=f"{len(data)} bytes"
         ) from err

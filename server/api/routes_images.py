@@ -206,7 +206,7 @@ async def generate(
 async def _read_edit(request: Request, settings: ServerSettings) -> tuple[EditRequest, bytes]:
     ctype = request.headers.get("content-type", "").lower()
     limits = settings.limits
-    if ctype.startswith("multipart/form-data"):
+    if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         async with request.form(max_files=2, max_fields=64, max_part_size=256 * 1024) as form:
             if form.get("mask") is not None:
                 raise InvalidRequestError.field(

@@ -81,6 +81,7 @@ class Engine:
         encoder: Encodes finished images.
         preview_encoder: Encodes step previews.
         clock: Monotonic clock.
+        on_load_failure: Called when the model cannot be loaded (``dreamlite serve`` exits then).
     """
 
     def __init__(
@@ -93,8 +94,10 @@ class Engine:
         encoder: OutputEncoder,
         preview_encoder: PreviewEncoder,
         clock: Callable[[], float] = time.monotonic,
+        on_load_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_load_failure = on_load_failure
         self.broker = broker
         self.runner = runner
         self.metrics = metrics
@@ -144,8 +147,10 @@ class Engine:
     async def _start(self) -> None:
         try:
             await self.runner.start()
-        except Exception:
+        except Exception as err:
             logger.exception("model failed to load; /readyz stays 503")
+            if self._on_load_failure is not None:
+                self._on_load_failure(err)
             return
         describe = self.runner.runtime.describe() if self.runner.runtime is not None else {}
         self.metrics.model_loaded.labels(
