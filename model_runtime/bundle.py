@@ -561,29 +561,46 @@ class HostTextEncoder:
     deepstack and interleaved M-RoPE are QNN-unfriendly; a phone app runs it in an LLM runtime and feeds
     the UNet graph its last hidden states). The host runs the bundle's own copy of ``text_encoder/``
     (hash-checked like every other file), so onnx/qnn results depend only on the bundle.
+
+    torch and the weights are loaded on the first call, so a caller that supplies cached features (a
+    phone stand-in, a warm feature cache) never imports torch.
     """
 
     def __init__(self, model_dir: Path) -> None:
+        if not (model_dir / "config.json").is_file():
+            raise ModelLoadError(
+                str(model_dir), "missing: this bundle was exported without its host text encoder"
+            )
+        self.model_dir = model_dir
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
         try:
             import torch
             from transformers import Qwen3VLForConditionalGeneration
         except ImportError as err:  # pragma: no cover - both are core dependencies
             raise ModelLoadError(
-                str(model_dir), f"the host text encoder needs torch and transformers: {err}"
+                str(self.model_dir), f"the host text encoder needs torch and transformers: {err}"
             ) from err
         try:
-            model: Any = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+            model: Any = Qwen3VLForConditionalGeneration.from_pretrained(self.model_dir, dtype=torch.float32)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-            raise ModelLoadError(str(model_dir), f"cannot load the host text encoder: {err}") from err
-        self._torch = torch
-        self.model = model.eval().requires_grad_(False)
-        self.image_token_id = int(model.config.image_token_id)
-        self._lock = threading.Lock()
+            raise ModelLoadError(str(self.model_dir), f"cannot load the host text encoder: {err}") from err
+        return model.eval().requires_grad_(False)
 
     def __call__(self, inputs: TextEncoderInput) -> NDArray[np.float32]:
         """``(T, D)`` float32 hidden states of the last decoder layer, taken before the final norm."""
-        torch = self._torch
-        inner = self.model.model  # vision tower + language model, no LM head
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._encode(inputs)
+
+    def _encode(self, inputs: TextEncoderInput) -> NDArray[np.float32]:
+        import torch
+
+        inner = self._model.model  # vision tower + language model, no LM head
+        image_token_id = int(self._model.config.image_token_id)
         ids = torch.from_numpy(np.ascontiguousarray(inputs.input_ids))[None]  # (1, T) int64
         kwargs: dict[str, Any] = {
             "input_ids": ids,
@@ -591,18 +608,12 @@ class HostTextEncoder:
             "use_cache": False,
         }
         if inputs.pixel_values is not None:
-            kwargs["pixel_values"] = torch.from_numpy(
-                np.ascontiguousarray(inputs.pixel_values)
-            )  # (P, K) float32
-            kwargs["image_grid_thw"] = torch.from_numpy(
-                np.asarray(inputs.image_grid_thw, dtype=np.int64)
-            )  # (1, 3)
-            kwargs["mm_token_type_ids"] = (ids == self.image_token_id).to(
-                torch.int32
-            )  # M-RoPE needs it (tf 5.x)
+            kwargs["pixel_values"] = torch.from_numpy(np.ascontiguousarray(inputs.pixel_values))  # (P, K)
+            kwargs["image_grid_thw"] = torch.from_numpy(np.asarray(inputs.image_grid_thw, dtype=np.int64))
+            kwargs["mm_token_type_ids"] = (ids == image_token_id).to(torch.int32)  # M-RoPE needs it (tf 5.x)
         seen: list[Any] = []
         hook = inner.language_model.norm.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             try:
                 inner.rope_deltas = None  # cached M-RoPE offsets must never leak between prompts
                 inner(**kwargs)

@@ -129,12 +129,7 @@ class OnnxBackend:
         self.sessions = SessionTable(factory=self._open, sizes=sizes)
         if preload:
             self.sessions.open_all(("unet", "vae_decoder", "vae_encoder"))
-        te_dir = bundle.path("text_encoder")
-        if not te_dir.is_dir():
-            raise ModelLoadError(
-                str(te_dir), "missing: this bundle was exported without its host text encoder"
-            )
-        self.text_encoder: TextEncoder = HostTextEncoder(te_dir)
+        self.text_encoder: TextEncoder = HostTextEncoder(bundle.path("text_encoder"))
         self.denoiser: Denoiser = GraphDenoiser(self.sessions, self.spec.vae_scale)
         self.vae_encoder: VaeEncoder = GraphVaeEncoder(self.sessions)
         self.vae_decoder: VaeDecoder = GraphVaeDecoder(self.sessions, self.spec.vae_scale)

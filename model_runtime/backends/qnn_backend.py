@@ -216,12 +216,7 @@ class QnnBackend:
             self.provider = CPU_EP
             self.sessions = SessionTable(factory=self._open_cpu, sizes=sizes)
             self.sessions.open_all(COMPONENTS)
-        te_dir = bundle.path("text_encoder")
-        if not te_dir.is_dir():
-            raise ModelLoadError(
-                str(te_dir), "missing: this bundle was exported without its host text encoder"
-            )
-        self.text_encoder: TextEncoder = HostTextEncoder(te_dir)
+        self.text_encoder: TextEncoder = HostTextEncoder(bundle.path("text_encoder"))
         self.denoiser: Denoiser = GraphDenoiser(self.sessions, self.spec.vae_scale)
         self.vae_encoder: VaeEncoder = GraphVaeEncoder(self.sessions)
         self.vae_decoder: VaeDecoder = GraphVaeDecoder(self.sessions, self.spec.vae_scale)
@@ -311,6 +306,7 @@ def load_qnn_backend(
     target: str | None = "sm8650",
     precision: str | None = "w8a16",
     fallback: str = "none",
+    allow_cpu_fallback: bool = False,
     device: str | None = None,
     dtype: str = "float32",
     bundle_id: str | None = None,
@@ -323,6 +319,7 @@ def load_qnn_backend(
         target: SoC name in the bundle (``sm8650``, ``sm8750`` …).
         precision: Context precision (``w8a16``).
         fallback: ``none`` (fail if QNN cannot run) or ``cpu`` (run the QDQ graphs on the CPU EP, reported).
+        allow_cpu_fallback: Same as ``fallback="cpu"`` (the parity tools' spelling).
         device: Accepted for a uniform server call; must be None, ``cpu`` or the target name.
         dtype: Loop dtype; must be float32.
         bundle_id: Pin the expected bundle id.
@@ -330,6 +327,8 @@ def load_qnn_backend(
     """
     if fallback not in ("none", "cpu"):
         raise InvalidInputError.one_of("fallback", ["none", "cpu"], fallback)
+    if allow_cpu_fallback:
+        fallback = "cpu"
     if dtype != "float32":
         raise InvalidInputError("dtype", "is float32 for bundle backends.", given=dtype)
     name = target or "sm8650"

@@ -402,26 +402,34 @@ class _Exporter:
         self, recording: Any, decode: Any, emulator: dict[str, dict[str, list[NDArray[np.float32]]]]
     ) -> None:
         from model_runtime.backends.onnx_backend import CPU_EP, REFERENCE_SESSION, open_session
-        from model_runtime.export.parity import graph_parity, run_graph
+        from model_runtime.export.parity import graph_parity, reference_images, run_graph
 
+        images = {
+            key: reference_images(key[0], feeds, recording.outputs[key], decode)
+            for key, feeds in recording.inputs.items()
+        }
         for entry in self.graphs:
             size = (entry["width"], entry["height"])
             key = (entry["component"], size)
             feeds = recording.inputs.get(key, [])
-            refs = recording.outputs.get(key, [])
             if not feeds:
                 continue
             session = open_session(self.out / entry["path"], [CPU_EP], REFERENCE_SESSION)
-            report = graph_parity(entry["component"], feeds, run_graph(session, feeds), refs, decode)
+            outputs = run_graph(session, feeds)
+            report = graph_parity(
+                entry["component"], feeds, outputs, recording.outputs[key], decode, images[key]
+            )
             self.parity["graphs"].setdefault(entry["precision"], {})[
                 f"{entry['component']}/{_size_dir(size)}"
             ] = report
-        for name, outputs in emulator.items():
-            for graph_key, outs in outputs.items():
+        for name, per_graph in emulator.items():
+            for graph_key, outs in per_graph.items():
                 component, tag = graph_key.split("/")
                 w, h = (int(v) for v in tag.split("x"))
                 key = (component, (w, h))
-                report = graph_parity(component, recording.inputs[key], outs, recording.outputs[key], decode)
+                report = graph_parity(
+                    component, recording.inputs[key], outs, recording.outputs[key], decode, images[key]
+                )
                 self.parity["graphs"].setdefault(f"qnn:{name}", {})[graph_key] = report
 
     # ---------------------------------------------------------------- manifest

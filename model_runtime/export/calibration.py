@@ -311,6 +311,7 @@ def build_calibration(
     steps: int,
     n_prompts: int,
     folder: Path | None = None,
+    vae_images: int = 16,
 ) -> CalibrationSet:
     """Build (or read) the calibration set.
 
@@ -321,6 +322,7 @@ def build_calibration(
         steps: Steps per recorded run.
         n_prompts: Built-in prompts per task (ignored when ``folder`` has prompts or tensors).
         folder: Optional calibration folder (see the module docstring).
+        vae_images: Extra synthetic VAE-encoder calibration images per size.
     """
     if folder is not None and not folder.is_dir():
         raise ModelLoadError(str(folder), "calibration folder does not exist")
@@ -342,10 +344,41 @@ def build_calibration(
             "edit_images": "synthetic (model_runtime.export.calibration.synthetic_image)",
         }
     recording = record_runs(torch_backend, sizes, seq_len, steps, generate, edit)
+    add_vae_coverage(recording, sizes, vae_images)
     source.update(
-        {"generate_prompts": generate, "edit_prompts": [p for p, _ in edit], "steps": steps, "noise": "dln1"}
+        {
+            "generate_prompts": generate,
+            "edit_prompts": [p for p, _ in edit],
+            "steps": steps,
+            "noise": "dln1",
+            "vae_encoder_extra_images": vae_images,
+            "vae_decoder_extra_latents": "x0 = x_t - sigma*v of every recorded UNet call",
+        }
     )
     return CalibrationSet(feeds=recording.all_inputs(), source=source)
+
+
+def add_vae_coverage(recording: Recording, sizes: list[tuple[int, int]], vae_images: int) -> None:
+    """Widen the VAE calibration cheaply (measured: 4 images → 26 dB encoder PSNR, 16 → 39 dB).
+
+    The encoder gets ``vae_images`` more synthetic sources per size; the decoder gets the clean-latent
+    estimate ``x₀ = x_t − σ·v`` of every recorded UNet call (what it decodes, at every noise level).
+    """
+    from model_runtime.preprocess import resize_lanczos, vae_input
+
+    for size in sizes:
+        for i in range(vae_images):
+            image = vae_input(resize_lanczos(synthetic_image(100 + i), size))[None]  # (1, 3, H, W)
+            recording.add("vae_encoder", size, {"image": image}, None)
+        unet_key = ("unet", size)
+        for feeds, velocity in zip(
+            recording.inputs.get(unet_key, []), recording.outputs.get(unet_key, []), strict=True
+        ):
+            sample = feeds["sample"]  # (1, 4, h, 2w)
+            w = sample.shape[3] // 2
+            sigma = np.float32(feeds["timestep"][0] / np.float32(1000.0))
+            x0 = sample[..., :w] - sigma * velocity[..., :w]  # (1, 4, h, w)
+            recording.add("vae_decoder", size, {"latent": x0.astype(np.float32)}, None)
 
 
 def parity_recording(torch_backend: Any, sizes: list[tuple[int, int]], seq_len: int, steps: int) -> Recording:
