@@ -142,7 +142,8 @@ class _Session:
         async with contextlib.aclosing(self.engine.events(job_id, since_seq)) as stream:
             async for event in stream:
                 await self.send(event.to_wire())
-        self.subscriptions.pop(job_id, None)
+        if self.subscriptions.get(job_id) is asyncio.current_task():
+            del self.subscriptions[job_id]
 
     async def submit(self, message: WsSubmit) -> None:
         settings = self.settings

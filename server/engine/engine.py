@@ -392,6 +392,25 @@ class Engine:
         self.metrics.jobs_running.labels(backend=key.backend).set(len(self._inflight))
         await self._update_queue_gauges()
 
+        outcomes = await self._execute(items)
+        duration = self._clock() - started
+        self.admission.record_batch(duration)
+        logger.info(
+            "batch done size=%d jobs=%d key=%s dur_ms=%.1f",
+            len(items),
+            len(jobs),
+            key.label(),
+            duration * 1000,
+        )
+        self._spawn(self._finish_batch(items, outcomes))
+
+    async def _execute(self, items: list[WorkItem]) -> list[SampleResult | ServerError | None]:
+        """Run items as one batch; per item: its result, its error, or None when canceled.
+
+        A batch that fails as a whole (an out-of-memory error, one bad sample) is split and retried one
+        sample at a time, so one sample cannot fail its batch mates.
+        """
+        key = items[0].job.key
         loop = asyncio.get_running_loop()
         steps: asyncio.Queue[StepEvent | None] = asyncio.Queue()
 
@@ -406,7 +425,7 @@ class Engine:
                 [item.spec for item in items], on_step, [item.job.cancel_flag for item in items]
             )
         except CanceledError:
-            results = None
+            return [None] * len(items)
         except InvalidInputError as err:
             error = InvalidRequestError(str(err), param=err.field)
         except Exception:
@@ -415,29 +434,25 @@ class Engine:
         finally:
             steps.put_nowait(None)
             await consumer
-        duration = self._clock() - started
-        self.admission.record_batch(duration)
+        if error is not None or results is None:
+            if len(items) == 1:
+                return [error]
+            logger.warning("batch of %d failed; retrying its samples one by one", len(items))
+            outcomes: list[SampleResult | ServerError | None] = []
+            for item in items:
+                outcomes.extend([None] if item.job.cancel_flag.is_set() else await self._execute([item]))
+            return outcomes
         tasks = {item.job.task for item in items}
         task_label = tasks.pop() if len(tasks) == 1 else "mixed"
         self.metrics.batches.labels(backend=key.backend, task=task_label).inc()
         self.metrics.batch_size.labels(backend=key.backend, task=task_label).observe(len(items))
-        if results:
-            timings = results[0].timings
-            for stage in _STAGES:
-                if stage in timings:
-                    self.metrics.stage_duration.labels(stage=stage, backend=key.backend).observe(
-                        timings[stage]
-                    )
-            if "denoise" in timings and key.steps:
-                self.metrics.step_duration.labels(backend=key.backend).observe(timings["denoise"] / key.steps)
-        logger.info(
-            "batch done size=%d jobs=%d key=%s dur_ms=%.1f",
-            len(items),
-            len(jobs),
-            key.label(),
-            duration * 1000,
-        )
-        self._spawn(self._finish_batch(items, results, error))
+        timings = results[0].timings
+        for stage in _STAGES:
+            if stage in timings:
+                self.metrics.stage_duration.labels(stage=stage, backend=key.backend).observe(timings[stage])
+        if "denoise" in timings and key.steps:
+            self.metrics.step_duration.labels(backend=key.backend).observe(timings["denoise"] / key.steps)
+        return [r if r.status == "succeeded" and r.image is not None else None for r in results]
 
     async def _consume_steps(self, items: list[WorkItem], steps: asyncio.Queue[StepEvent | None]) -> None:
         loop = asyncio.get_running_loop()
@@ -462,29 +477,28 @@ class Engine:
                     )
 
     async def _finish_batch(
-        self, items: list[WorkItem], results: list[SampleResult] | None, error: ServerError | None
+        self, items: list[WorkItem], outcomes: list[SampleResult | ServerError | None]
     ) -> None:
         loop = asyncio.get_running_loop()
         runtime = self.runner.runtime
         timed: set[str] = set()
-        for position, item in enumerate(items):
+        for item, outcome in zip(items, outcomes, strict=True):
             job = item.job
             token = job_id_var.set(job.id)
             try:
-                result = results[position] if results is not None else None
-                if result is not None and job.id not in timed:  # stage times count once per batch
+                if isinstance(outcome, SampleResult) and job.id not in timed:  # stage times once per batch
                     timed.add(job.id)
                     for stage in _STAGES:
-                        if stage in result.timings:
-                            job.timings[stage] = job.timings.get(stage, 0.0) + result.timings[stage]
-                if error is not None:
-                    await self._fail(job, error)
-                elif result is not None and result.status == "succeeded" and result.image is not None:
+                        if stage in outcome.timings:
+                            job.timings[stage] = job.timings.get(stage, 0.0) + outcome.timings[stage]
+                if isinstance(outcome, ServerError):
+                    await self._fail(job, outcome)
+                elif outcome is not None:
                     assert runtime is not None
                     t0 = self._clock()
                     try:
                         image = await loop.run_in_executor(
-                            self._pool, self._encode, runtime, job, item, result
+                            self._pool, self._encode, runtime, job, item, outcome
                         )
                     except Exception:
                         logger.exception("image encoding failed")

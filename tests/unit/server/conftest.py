@@ -27,9 +27,10 @@ class FakeRuntime:
     backend_name = "fake"
     dtype = "float32"
 
-    def __init__(self, step_s: float = 0.002, fail: bool = False) -> None:
+    def __init__(self, step_s: float = 0.002, fail: bool = False, max_ok_batch: int | None = None) -> None:
         self.step_s = step_s
         self.fail = fail
+        self.max_ok_batch = max_ok_batch  # larger batches raise (an out-of-memory stand-in)
         self.batches: list[list[int]] = []
         self.threads: set[str] = set()
 
@@ -46,7 +47,7 @@ class FakeRuntime:
     ) -> list[SampleResult]:
         self.threads.add(threading.current_thread().name)
         self.batches.append([s.seed for s in specs])
-        if self.fail:
+        if self.fail or (self.max_ok_batch is not None and len(specs) > self.max_ok_batch):
             raise RuntimeError("device on fire")
         steps = specs[0].steps or 4
         flags = list(cancel_flags)

@@ -121,6 +121,24 @@ async def test_runtime_failure_fails_the_batch_and_the_engine_lives_on() -> None
         await engine.close()
 
 
+async def test_a_failing_batch_is_split_and_retried_one_sample_at_a_time() -> None:
+    fake = FakeRuntime(max_ok_batch=1)
+    engine = await _engine(fake)
+    try:
+        engine.pause()
+        jobs = [
+            (await engine.submit(_req(seed=s), owner="o", mode="async", fingerprint=str(s)))[0]
+            for s in (1, 2)
+        ]
+        engine.resume()
+        done = [await engine.wait(j, 5) for j in jobs]
+        assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 2
+        assert fake.batches == [[1, 2], [1], [2]]
+        assert [j.images[0].recipe["batch_size"] for j in done] == [1, 1]
+    finally:
+        await engine.close()
+
+
 async def test_admission_rules(fake_engine: tuple[Engine, FakeRuntime]) -> None:
     engine, _ = fake_engine
     with pytest.raises(InvalidRequestError) as info:
