@@ -1,0 +1,86 @@
+"""``python -m model_runtime.train``: reproduce the shipped dreamlite-nano weights, or run single stages.
+
+Examples::
+
+    python -m model_runtime.train                       # the whole recipe into runs/nano, resumable
+    python -m model_runtime.train --stage t2i --stage edit   # single stages (earlier ones must be done)
+    python -m model_runtime.train --no-resume --force   # start again from scratch
+    python -m model_runtime.train plot --log runs/nano/train_log.json --out docs/img/nano-loss.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_RUN = Path("runs/nano")
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "dreamlite-nano"
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from model_runtime.train.recipe import STAGES, Recipe, RecipeConfig
+
+    torch.set_num_threads(args.threads)
+    stages = tuple(args.stage) if args.stage else STAGES
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        print(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    config = RecipeConfig.quick() if args.quick else None
+    if config is None and not (args.run_dir / "recipe.json").is_file():
+        config = RecipeConfig()
+    recipe = Recipe(args.run_dir, config, resume=not args.no_resume, progress=not args.no_progress)
+    t0 = time.perf_counter()
+    timings = recipe.run(stages, out=None if args.out == "none" else Path(args.out), force=args.force)
+    timings["total"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps({"run_dir": str(args.run_dir), "wall_seconds": timings}, indent=1))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from model_runtime.train.plots import plot_losses
+
+    plot_losses(Path(args.log), Path(args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    parser = argparse.ArgumentParser(prog="python -m model_runtime.train", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the recipe (default)")
+    for p in (parser, run):
+        p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN, help="run folder (checkpoints, logs)")
+        p.add_argument("--stage", action="append", help="run only this stage (repeatable)")
+        p.add_argument(
+            "--out", default=str(DEFAULT_OUT), help="where the student folder is copied ('none' to skip)"
+        )
+        p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+        p.add_argument("--force", action="store_true", help="re-run stages already marked done")
+        p.add_argument("--quick", action="store_true", help="tiny sizes and steps (smoke test)")
+        p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    plot = sub.add_parser("plot", help="plot the loss log")
+    plot.add_argument("--log", default=str(DEFAULT_RUN / "train_log.json"))
+    plot.add_argument("--out", default="docs/img/nano-loss.png")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "plot":
+        return _plot(args)
+    return _run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

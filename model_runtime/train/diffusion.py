@@ -1,0 +1,392 @@
+"""The DreamLite recipe's pretraining stages: T2I → edit (in-context) → joint, with rectified flow.
+
+One stage class serves all three; they differ only in the share of edit examples (0, 1, then mixed):
+
+* data: a batch of world examples drawn from the stage seed and the step number (training split only);
+* latents: the frozen VAE encodes the target (x0) and, for edits, the source (the in-context condition);
+  generate rows use an all-zero condition, as the official pipeline;
+* text: :class:`~model_runtime.train.text_features.TextFeaturizer` — the runtime's own templates, tokenizer,
+  VLM preprocessing and pre-final-norm features, with the text encoder trained jointly;
+* guidance dropout: the prompt is replaced by the official unconditional template (``text_drop``) and,
+  for edits, the condition latent by zeros (``image_drop``), so the teacher supports the base pipeline's
+  text and image guidance;
+* objective: x_t = (1 − t)·x0 + t·ε, target v = ε − x0, MSE on the left (target) half of the
+  [x_t | cond] output; t is logit-normal, then shifted by the folder's dynamic shift at 128² (the same
+  mu as the inference schedule);
+* EMA of UNet and text encoder for evaluation and for the next stage's teacher.
+
+:func:`guided_velocity` and :func:`sample` are the torch sampler used by distillation and quick checks;
+the shipped evaluation goes through the public pipeline instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+
+from model_runtime.prompts import Task
+from model_runtime.sampler import compute_schedule, shift_mu
+from model_runtime.train import world
+from model_runtime.train.loop import cosine_lr
+from model_runtime.train.models import Ema
+from model_runtime.train.text_features import TextFeaturizer, TextRequest
+
+SIZE = world.IMAGE_SIZE
+LATENT = SIZE // 8
+
+
+@dataclass
+class NanoModels:
+    """The trainable components and the frozen VAE.
+
+    Attributes:
+        text_encoder: ``Qwen3VLForConditionalGeneration``.
+        unet: ``DreamLiteUNetModel``.
+        vae: ``AutoencoderTiny`` (frozen after its own stage).
+        featurizer: The runtime-exact text stage.
+        scheduler_config: ``scheduler_config.json`` of the folder (for the shift and the sigmas).
+    """
+
+    text_encoder: Any
+    unet: Any
+    vae: Any
+    featurizer: TextFeaturizer
+    scheduler_config: dict[str, Any]
+
+    def mu(self) -> float:
+        """The dynamic-shift mu at the world's size."""
+        return shift_mu(self.scheduler_config, SIZE, SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One training or sampling example."""
+
+    task: str
+    prompt: str | None
+    target: NDArray[np.uint8] | None
+    source: NDArray[np.uint8] | None = None
+
+
+def draw_examples(rng: np.random.Generator, n: int, edit_share: float) -> list[Example]:
+    """``n`` training-split examples; each is an edit with probability ``edit_share``."""
+    out = []
+    for _ in range(n):
+        if rng.random() < edit_share:
+            e = world.train_edit(rng)
+            out.append(Example("edit", e.instruction, world.render(e.target), world.render(e.source)))
+        else:
+            scene = world.train_scene(rng)
+            caption = scene.caption(world.random_order(rng, len(scene.objects)))
+            out.append(Example("generate", caption, world.render(scene)))
+    return out
+
+
+@torch.no_grad()
+def encode_images(vae: Any, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
+    """VAE latents of uint8 renders, as the pipeline computes them (x/255·2 − 1, no scaling).
+
+    Returns:
+        ``(B, 4, 16, 16)`` float32.
+    """
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0  # (B, 3, H, W)
+    latents: torch.Tensor = vae.encode(x).latents  # (B, 4, h, w)
+    return latents
+
+
+@dataclass
+class Conditions:
+    """Everything a batch is conditioned on (text features are computed once per batch).
+
+    Attributes:
+        is_edit: ``(B,)`` bool.
+        text: ``(B, L, D)`` prompt features; ``mask`` ``(B, L)``.
+        text_u: ``(B, Lu, D)`` unconditional-template features (None without guidance); ``mask_u``.
+        cond: ``(B, 4, h, w)`` condition latents (zeros for generate).
+    """
+
+    is_edit: torch.Tensor
+    text: torch.Tensor
+    mask: torch.Tensor
+    cond: torch.Tensor
+    text_u: torch.Tensor | None = None
+    mask_u: torch.Tensor | None = None
+
+
+def _pad_cat(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate (features, mask) pairs along the batch, zero-padding the token axis."""
+    L = max(f.shape[1] for f, _ in parts)
+    feats = torch.cat([F.pad(f, (0, 0, 0, L - f.shape[1])) for f, _ in parts])  # (B, L, D)
+    masks = torch.cat([F.pad(m, (0, L - m.shape[1])) for _, m in parts])  # (B, L)
+    return feats, masks
+
+
+def encode_texts(
+    models: NanoModels, examples: Sequence[Example], unconditional: Sequence[bool]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text features of a batch, in the order of ``examples``.
+
+    Rows flagged in ``unconditional`` use the official empty-prompt template (guidance dropout).
+    """
+    order: list[int] = []
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    tasks: tuple[Task, ...] = ("generate", "edit")
+    for task in tasks:
+        rows = [i for i, e in enumerate(examples) if e.task == task]
+        if not rows:
+            continue
+        reqs = [
+            TextRequest(task, None if unconditional[i] else examples[i].prompt, examples[i].source)
+            for i in rows
+        ]
+        parts.append(models.featurizer(models.text_encoder, reqs))
+        order.extend(rows)
+    feats, mask = _pad_cat(parts)  # rows grouped by task
+    inverse = torch.tensor(np.argsort(order), dtype=torch.int64)
+    return feats[inverse], mask[inverse]
+
+
+def unet_velocity(
+    unet: Any, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The UNet on the in-context latent; returns the target half.
+
+    Args:
+        unet: ``DreamLiteUNetModel``.
+        x: ``(B, 4, h, w)`` noisy target latents.
+        cond: ``(B, 4, h, w)`` condition latents.
+        t: ``(B,)`` sigmas in [0, 1] (the UNet sees 1000·t).
+        text: ``(B, L, D)`` features.
+        mask: ``(B, L)`` int64, 1 = real token.
+
+    Returns:
+        ``(B, 4, h, w)`` predicted velocity.
+    """
+    w = x.shape[-1]
+    sample = torch.cat([x, cond], dim=3)  # (B, 4, h, 2w): [target | condition]
+    time_ids = torch.tensor([[SIZE, SIZE]], dtype=x.dtype).expand(x.shape[0], 2)  # (B, 2) = [W, H]
+    out = unet(
+        sample,
+        t * 1000.0,
+        encoder_hidden_states=text,
+        encoder_attention_mask=mask,
+        added_cond_kwargs={"time_ids": time_ids},
+        return_dict=False,
+    )[0]  # (B, 4, h, 2w)
+    velocity: torch.Tensor = out[..., :w]  # (B, 4, h, w)
+    return velocity
+
+
+def shift_sigma(t: torch.Tensor, mu: float) -> torch.Tensor:
+    """The exponential time shift of the scheduler: e^mu / (e^mu + (1/t − 1))."""
+    e = math.exp(mu)
+    return e * t / (1.0 + (e - 1.0) * t)
+
+
+@dataclass(frozen=True, slots=True)
+class DiffusionConfig:
+    """Hyper-parameters of a pretraining stage."""
+
+    edit_share: float
+    batch: int = 32
+    lr: float = 1e-3
+    text_lr: float = 1e-3
+    warmup: int = 100
+    text_drop: float = 0.1
+    image_drop: float = 0.1
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    ema_decay: float = 0.999
+    weight_decay: float = 0.01
+
+
+class DiffusionStage:
+    """A rectified-flow pretraining stage (T2I, edit or joint, by ``cfg.edit_share``).
+
+    Args:
+        models: The components (the UNet and text encoder are trained, the VAE is frozen).
+        cfg: Hyper-parameters.
+        total: Planned steps (learning-rate schedule).
+        seed: Data seed of the stage.
+    """
+
+    def __init__(self, models: NanoModels, cfg: DiffusionConfig, total: int, seed: int) -> None:
+        self.m = models
+        self.cfg = cfg
+        self.total = total
+        self.seed = seed
+        self.mu = models.mu()
+        params = [
+            {"params": list(models.unet.parameters()), "lr": cfg.lr},
+            {"params": list(models.text_encoder.parameters()), "lr": cfg.text_lr},
+        ]
+        self.opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        self.peaks = [cfg.lr, cfg.text_lr]
+        self.ema_unet = Ema(models.unet.parameters(), cfg.ema_decay)
+        self.ema_text = Ema(models.text_encoder.parameters(), cfg.ema_decay)
+
+    def batch(self, i: int) -> tuple[list[Example], np.random.Generator]:
+        """The examples of step ``i`` (a pure function of the stage seed and ``i``)."""
+        rng = np.random.default_rng([self.seed, i])
+        return draw_examples(rng, self.cfg.batch, self.cfg.edit_share), rng
+
+    def loss(self, examples: Sequence[Example], rng: np.random.Generator) -> torch.Tensor:
+        """Rectified-flow loss of one batch."""
+        cfg, m = self.cfg, self.m
+        B = len(examples)
+        x0 = encode_images(m.vae, [e.target for e in examples])  # type: ignore[misc]  # (B, 4, h, w)
+        cond = torch.zeros_like(x0)  # (B, 4, h, w)
+        edit_rows = [i for i, e in enumerate(examples) if e.task == "edit"]
+        if edit_rows:
+            keep = [i for i in edit_rows if rng.random() >= cfg.image_drop]
+            if keep:
+                cond[keep] = encode_images(m.vae, [examples[i].source for i in keep])  # type: ignore[misc]
+        uncond = [bool(rng.random() < cfg.text_drop) for _ in examples]
+        text, mask = encode_texts(m, examples, uncond)  # (B, L, D), (B, L)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        u = torch.randn(B, generator=gen) * cfg.logit_std + cfg.logit_mean
+        t = shift_sigma(torch.sigmoid(u), self.mu)  # (B,) logit-normal, resolution-shifted
+        noise = torch.randn(x0.shape, generator=gen)  # (B, 4, h, w)
+        tb = t[:, None, None, None]
+        x_t = (1.0 - tb) * x0 + tb * noise  # (B, 4, h, w)
+        v = unet_velocity(m.unet, x_t, cond, t, text, mask)  # (B, 4, h, w)
+        return F.mse_loss(v, noise - x0)
+
+    def step(self, i: int) -> dict[str, float]:
+        """One optimisation step."""
+        examples, rng = self.batch(i)
+        for group, peak in zip(self.opt.param_groups, self.peaks, strict=True):
+            group["lr"] = cosine_lr(i, self.total, peak, self.cfg.warmup)
+        self.m.unet.train()
+        self.m.text_encoder.train()
+        loss = self.loss(examples, rng)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        self.opt.step()
+        self.ema_unet.update()
+        self.ema_text.update()
+        return {"loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Models, optimiser and EMAs."""
+        return {
+            "unet": self.m.unet.state_dict(),
+            "text_encoder": self.m.text_encoder.state_dict(),
+            "opt": self.opt.state_dict(),
+            "ema_unet": self.ema_unet.state_dict(),
+            "ema_text": self.ema_text.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.m.unet.load_state_dict(state["unet"])
+        self.m.text_encoder.load_state_dict(state["text_encoder"])
+        self.opt.load_state_dict(state["opt"])
+        self.ema_unet.load_state_dict(state["ema_unet"])
+        self.ema_text.load_state_dict(state["ema_text"])
+
+    def apply_ema(self) -> None:
+        """Replace the live weights by their EMA (at the end of a stage)."""
+        self.ema_unet.copy_to(self.m.unet.parameters())
+        self.ema_text.copy_to(self.m.text_encoder.parameters())
+
+
+# ----------------------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def conditions(models: NanoModels, examples: Sequence[Example], guided: bool) -> Conditions:
+    """Text features (and unconditional ones when ``guided``) and condition latents of a batch."""
+    B = len(examples)
+    text, mask = encode_texts(models, examples, [False] * B)
+    cond = torch.zeros((B, 4, LATENT, LATENT))
+    edit_rows = [i for i, e in enumerate(examples) if e.task == "edit"]
+    if edit_rows:
+        cond[edit_rows] = encode_images(models.vae, [examples[i].source for i in edit_rows])  # type: ignore[misc]
+    c = Conditions(
+        is_edit=torch.tensor([e.task == "edit" for e in examples]), text=text, mask=mask, cond=cond
+    )
+    if guided:
+        c.text_u, c.mask_u = encode_texts(models, examples, [True] * B)
+    return c
+
+
+def guided_velocity(
+    unet: Any, x: torch.Tensor, sigma: torch.Tensor, c: Conditions, guidance: tuple[float, float] | None
+) -> torch.Tensor:
+    """Velocity with the base pipeline's guidance (one UNet call for all branches).
+
+    Generate: v∅ + g·(v_text − v∅). Edit: v∅ + g·(v_text − v_img) + g_img·(v_img − v∅), where ∅ is the
+    unconditional template with a zero condition latent and "img" the unconditional template with the
+    source latent. ``guidance`` None: one conditional pass (the mobile pipeline).
+
+    Args:
+        unet: The UNet.
+        x: ``(B, 4, h, w)`` latents.
+        sigma: ``(B,)`` current sigmas.
+        c: Conditions of the batch.
+        guidance: (g, g_img) or None.
+
+    Returns:
+        ``(B, 4, h, w)`` velocity.
+    """
+    if guidance is None:
+        return unet_velocity(unet, x, c.cond, sigma, c.text, c.mask)
+    if c.text_u is None or c.mask_u is None:
+        raise ValueError("guided sampling needs the unconditional text features")
+    g, gi = guidance
+    B = x.shape[0]
+    edit = torch.nonzero(c.is_edit).flatten()
+    zeros = torch.zeros_like(c.cond)
+    text, mask = _pad_cat([(c.text_u, c.mask_u), (c.text, c.mask), (c.text_u[edit], c.mask_u[edit])])
+    xs = torch.cat([x, x, x[edit]])  # (2B + E, 4, h, w)
+    conds = torch.cat([zeros, c.cond, c.cond[edit]])
+    sig = torch.cat([sigma, sigma, sigma[edit]])
+    v = unet_velocity(unet, xs, conds, sig, text, mask)  # (2B + E, 4, h, w)
+    v_u, v_c, v_img = v[:B], v[B : 2 * B], v[2 * B :]
+    out = v_u + g * (v_c - v_u)  # (B, 4, h, w) generate rule
+    if edit.numel():
+        vu_e, vc_e = v_u[edit], v_c[edit]
+        out[edit] = vu_e + g * (vc_e - v_img) + gi * (v_img - vu_e)
+    return out
+
+
+def schedule_sigmas(models: NanoModels, steps: int) -> torch.Tensor:
+    """``(steps + 1,)`` float32 sigmas of the inference schedule at the world's size."""
+    return torch.from_numpy(np.array(compute_schedule(models.scheduler_config, SIZE, SIZE, steps).sigmas))
+
+
+@torch.no_grad()
+def sample(
+    models: NanoModels,
+    examples: Sequence[Example],
+    seeds: Sequence[int],
+    steps: int,
+    guidance: tuple[float, float] | None,
+) -> NDArray[np.uint8]:
+    """Euler sampling on the inference schedule (torch noise per seed, as the pipeline's ``torch-cpu``).
+
+    Returns:
+        ``(B, 128, 128, 3)`` uint8 images.
+    """
+    models.unet.eval()
+    models.text_encoder.eval()
+    c = conditions(models, examples, guidance is not None)
+    sig = schedule_sigmas(models, steps)
+    x = torch.cat(
+        [torch.randn((1, 4, LATENT, LATENT), generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )  # (B, 4, h, w)
+    for k in range(steps):
+        sigma = sig[k].expand(x.shape[0])
+        v = guided_velocity(models.unet, x, sigma, c, guidance)
+        x = x + (sig[k + 1] - sig[k]) * v
+    y = models.vae.decode(x).sample  # (B, 3, H, W)
+    y = ((y / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return np.asarray(y.permute(0, 2, 3, 1).numpy(), dtype=np.uint8)  # (B, H, W, 3) uint8

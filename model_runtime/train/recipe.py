@@ -1,0 +1,312 @@
+"""The whole dreamlite-nano recipe, stage by stage, resumable, in one run folder.
+
+Stages (each reads what the previous ones left in the run folder):
+
+1. ``tokenizer`` — BPE with Qwen2's layout on the world's language (seconds).
+2. ``vae`` — fit ``AutoencoderTiny`` to the world (:mod:`.vae_fit`).
+3. ``t2i`` — flow-matching text-to-image pretraining (text encoder trained jointly from scratch).
+4. ``edit`` — edit pretraining with the in-context condition switched on.
+5. ``joint`` — unified joint training on both tasks; its EMA is the teacher, written as a guided
+   ``base`` folder (``teacher/``, 28 steps).
+6. ``distill`` — on-policy trajectory distillation into the unguided 4-step student (:mod:`.distill`),
+   written as the ``mobile`` folder (``student/``) and copied to the output folder.
+
+Every stage checkpoints to ``<run>/<stage>/ckpt.pt``; ``--resume`` continues an interrupted stage at the
+same step with the same data. The loss log of all stages is ``<run>/train_log.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model_runtime.train import configs, tokenizer_build, vae_fit
+from model_runtime.train.configs import NanoSizes
+from model_runtime.train.diffusion import DiffusionConfig, DiffusionStage, NanoModels
+from model_runtime.train.distill import DistillConfig, DistillStage, frozen_copy
+from model_runtime.train.loop import StageLog, run_stage, write_logs
+from model_runtime.train.models import build_text_encoder, build_unet, count_params
+from model_runtime.train.text_features import TextFeaturizer
+from model_runtime.train.writer import folder_bytes, write_folder
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("tokenizer", "vae", "t2i", "edit", "joint", "distill")
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Steps and hyper-parameters of every stage.
+
+    Attributes:
+        sizes: Model sizes.
+        vae_steps: VAE steps (batch ``vae_batch`` of 64×64 crops).
+        t2i / edit / joint: The three pretraining stages.
+        t2i_steps / edit_steps / joint_steps: Their lengths.
+        distill: Distillation settings; ``distill_steps`` its length.
+        seed: Base seed (model init and data).
+    """
+
+    sizes: NanoSizes = field(default_factory=NanoSizes)
+    vae_steps: int = 500
+    vae_batch: int = 32
+    t2i: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=0.0))
+    t2i_steps: int = 1200
+    edit: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=1.0, warmup=50))
+    edit_steps: int = 600
+    joint: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=0.5, warmup=50))
+    joint_steps: int = 1200
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill_steps: int = 200
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> RecipeConfig:
+        """A tiny end-to-end configuration (unit tests: seconds per stage)."""
+        small = DiffusionConfig(edit_share=0.0, batch=2, warmup=1)
+        return cls(
+            sizes=NanoSizes.test(),
+            vae_steps=2,
+            vae_batch=2,
+            t2i=small,
+            t2i_steps=2,
+            edit=replace(small, edit_share=1.0),
+            edit_steps=2,
+            joint=replace(small, edit_share=0.5),
+            joint_steps=2,
+            distill=DistillConfig(batch=4, warmup=1),
+            distill_steps=2,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RecipeConfig:
+        """Inverse of :meth:`to_json`."""
+        d = dict(data)
+        d["sizes"] = NanoSizes.from_json(d["sizes"])
+        for key in ("t2i", "edit", "joint"):
+            d[key] = DiffusionConfig(**d[key])
+        dist = dict(d["distill"])
+        dist["guidance"] = tuple(dist["guidance"])
+        d["distill"] = DistillConfig(**dist)
+        return cls(**d)
+
+
+class Recipe:
+    """Runs the stages of a :class:`RecipeConfig` in a run folder.
+
+    Args:
+        run_dir: The run folder (created).
+        config: The recipe; when None, the one saved in ``run_dir`` (or the default).
+        resume: Continue interrupted stages from their checkpoints.
+        progress: Show progress bars.
+    """
+
+    def __init__(
+        self, run_dir: Path, config: RecipeConfig | None = None, *, resume: bool = True, progress: bool = True
+    ) -> None:
+        self.run_dir = run_dir
+        self.resume = resume
+        self.progress = progress
+        saved = run_dir / "recipe.json"
+        if config is None:
+            config = (
+                RecipeConfig.from_json(json.loads(saved.read_text())) if saved.is_file() else RecipeConfig()
+            )
+        self.cfg = config
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(config.to_json(), indent=1) + "\n", encoding="utf-8")
+        self.logs: dict[str, StageLog] = {}
+        log_path = run_dir / "train_log.json"
+        if log_path.is_file():
+            for name, data in json.loads(log_path.read_text()).items():
+                self.logs[name] = StageLog(**data)
+
+    # -------------------------------------------------------------------------------------- helpers
+    def _done(self, stage: str) -> bool:
+        return (self.run_dir / stage / "done.json").is_file()
+
+    def _mark_done(self, stage: str, info: dict[str, Any]) -> None:
+        (self.run_dir / stage).mkdir(parents=True, exist_ok=True)
+        (self.run_dir / stage / "done.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+
+    def _record(self, log: StageLog) -> None:
+        self.logs[log.name] = log
+        write_logs(self.logs, self.run_dir / "train_log.json")
+
+    def tokenizer(self) -> Any:
+        """The trained tokenizer (built once, then read from the run folder)."""
+        from tokenizers import Tokenizer
+
+        path = self.run_dir / "tokenizer" / "tokenizer.json"
+        if not path.is_file():
+            tok = tokenizer_build.build_tokenizer()
+            tokenizer_build.save_tokenizer(tok, path.parent)
+        return Tokenizer.from_file(str(path))
+
+    def vae(self) -> Any:
+        """The fitted VAE (frozen)."""
+        vae = vae_fit.build_vae(self.cfg.sizes, seed=self.cfg.seed)
+        state = torch.load(self.run_dir / "vae" / "ckpt.pt", map_location="cpu", weights_only=False)
+        vae.load_state_dict(state["stage"]["vae"])
+        return vae.eval().requires_grad_(False)
+
+    def models(self) -> NanoModels:
+        """Fresh UNet and text encoder (seeded), the fitted VAE and the text stage."""
+        tok = self.tokenizer()
+        s = self.cfg.sizes
+        featurizer = TextFeaturizer(
+            self.run_dir / "tokenizer" / "tokenizer.json",
+            configs.processor_config(s),
+            tokenizer_build.drop_indices(tok),
+            (s.vlm_image, s.vlm_image),
+            tokenizer_build.token_ids(tok)["<|endoftext|>"],
+        )
+        return NanoModels(
+            text_encoder=build_text_encoder(s, tok, seed=self.cfg.seed + 1),
+            unet=build_unet(s, seed=self.cfg.seed + 2),
+            vae=self.vae(),
+            featurizer=featurizer,
+            scheduler_config=configs.scheduler_config(),
+        )
+
+    def _load_stage_models(self, models: NanoModels, stage: str, ema: bool) -> None:
+        state = torch.load(self.run_dir / stage / "ckpt.pt", map_location="cpu", weights_only=False)["stage"]
+        models.unet.load_state_dict(state["unet"])
+        models.text_encoder.load_state_dict(state["text_encoder"])
+        if ema:
+            for module, key in ((models.unet, "ema_unet"), (models.text_encoder, "ema_text")):
+                with torch.no_grad():
+                    for p, v in zip(module.parameters(), state[key]["shadow"], strict=True):
+                        p.copy_(v)
+
+    # --------------------------------------------------------------------------------------- stages
+    def run_tokenizer(self) -> None:
+        """Stage 1."""
+        t0 = time.perf_counter()
+        tok = self.tokenizer()
+        info = {
+            "vocab": tok.get_vocab_size(),
+            "drop_idx": tokenizer_build.drop_indices(tok),
+            "seconds": time.perf_counter() - t0,
+        }
+        self._mark_done("tokenizer", info)
+        self._record(StageLog(name="tokenizer", total_steps=0, seconds=info["seconds"]))
+
+    def run_vae(self) -> None:
+        """Stage 2."""
+        vae = vae_fit.build_vae(self.cfg.sizes, seed=self.cfg.seed)
+        stage = vae_fit.VaeStage(vae, self.cfg.vae_steps, batch=self.cfg.vae_batch, seed=self.cfg.seed + 10)
+        log = run_stage(
+            stage, "vae", self.cfg.vae_steps, self.run_dir, resume=self.resume, progress=self.progress
+        )
+        self._record(log)
+        self._mark_done("vae", {"params": count_params(vae), "latents": vae_fit.latent_stats(vae)})
+
+    def run_diffusion(self, name: str) -> None:
+        """Stages 3–5 (``t2i``, ``edit``, ``joint``)."""
+        cfg: DiffusionConfig = getattr(self.cfg, name)
+        total: int = getattr(self.cfg, f"{name}_steps")
+        models = self.models()
+        previous = {"t2i": None, "edit": "t2i", "joint": "edit"}[name]
+        stage = DiffusionStage(models, cfg, total, seed=self.cfg.seed + 100 + STAGES.index(name))
+        if previous is not None:
+            state = torch.load(self.run_dir / previous / "ckpt.pt", map_location="cpu", weights_only=False)
+            models.unet.load_state_dict(state["stage"]["unet"])
+            models.text_encoder.load_state_dict(state["stage"]["text_encoder"])
+            stage.ema_unet.load_state_dict(state["stage"]["ema_unet"])
+            stage.ema_text.load_state_dict(state["stage"]["ema_text"])
+        log = run_stage(stage, name, total, self.run_dir, resume=self.resume, progress=self.progress)
+        self._record(log)
+        info: dict[str, Any] = {
+            "unet_params": count_params(models.unet),
+            "text_encoder_params": count_params(models.text_encoder),
+        }
+        if name == "joint":
+            stage.apply_ema()
+            out = self.write_teacher(models)
+            info["teacher"] = str(out)
+        self._mark_done(name, info)
+
+    def write_teacher(self, models: NanoModels) -> Path:
+        """The joint stage's EMA as a guided ``base`` folder (28 steps)."""
+        return write_folder(
+            self.run_dir / "teacher",
+            sizes=self.cfg.sizes,
+            tokenizer=self.tokenizer(),
+            text_encoder=models.text_encoder,
+            unet=models.unet,
+            vae=models.vae,
+            variant="base",
+            steps=self.cfg.distill.teacher_steps,
+            guidance=self.cfg.distill.guidance,
+            dtype=torch.float32,
+            model_id="dreamlite-nano-teacher",
+        )
+
+    def run_distill(self, out: Path | None) -> None:
+        """Stage 6; writes ``<run>/student`` and copies it to ``out``."""
+        models = self.models()
+        self._load_stage_models(models, "joint", ema=True)
+        teacher = frozen_copy(models.unet)
+        stage = DistillStage(
+            models, teacher, self.cfg.distill, self.cfg.distill_steps, seed=self.cfg.seed + 200
+        )
+        log = run_stage(
+            stage, "distill", self.cfg.distill_steps, self.run_dir, resume=self.resume, progress=self.progress
+        )
+        self._record(log)
+        stage.apply_ema()
+        student = write_folder(
+            self.run_dir / "student",
+            sizes=self.cfg.sizes,
+            tokenizer=self.tokenizer(),
+            text_encoder=models.text_encoder,
+            unet=models.unet,
+            vae=models.vae,
+        )
+        info: dict[str, Any] = {"student": str(student), "bytes": folder_bytes(student)}
+        if out is not None:
+            if out.exists():
+                shutil.rmtree(out)
+            shutil.copytree(student, out)
+            info["out"] = str(out)
+        self._mark_done("distill", info)
+
+    def run(
+        self, stages: tuple[str, ...] = STAGES, out: Path | None = None, force: bool = False
+    ) -> dict[str, Any]:
+        """Run ``stages`` in order (skipping finished ones unless ``force``).
+
+        Returns:
+            Wall seconds per stage run now.
+        """
+        timings: dict[str, Any] = {}
+        for name in stages:
+            if self._done(name) and not force:
+                logger.info("stage %s already done", name)
+                continue
+            t0 = time.perf_counter()
+            if name == "tokenizer":
+                self.run_tokenizer()
+            elif name == "vae":
+                self.run_vae()
+            elif name in ("t2i", "edit", "joint"):
+                self.run_diffusion(name)
+            elif name == "distill":
+                self.run_distill(out)
+            else:
+                raise ValueError(f"unknown stage `{name}`; stages: {', '.join(STAGES)}")
+            timings[name] = round(time.perf_counter() - t0, 1)
+            logger.info("stage %s took %.1f s", name, timings[name])
+        return timings

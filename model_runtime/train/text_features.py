@@ -1,0 +1,132 @@
+"""Text features for training, computed exactly as the runtime computes them at inference.
+
+The template strings come from :mod:`model_runtime.prompts`, the ids from
+:class:`model_runtime.tokenization.PromptTokenizer`, the VLM pixels from :mod:`model_runtime.preprocess` and
+the pre-final-norm hidden states from :func:`model_runtime.backends.torch_backend.prefinal_text_states`; the
+first ``drop_idx`` tokens are dropped and the rest zero-padded with a mask, as in the pipeline. The only
+difference is batching: prompts are right-padded to one length and encoded together (the encoder is
+causal, so real tokens never see the padding; :func:`tests` check that the result equals the pipeline's
+one-prompt-at-a-time features).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from model_runtime.backends.torch_backend import prefinal_text_states
+from model_runtime.preprocess import num_image_tokens, resize_lanczos, vlm_inputs
+from model_runtime.prompts import Task, build_prompt, build_unconditional_prompt
+from model_runtime.tokenization import PromptTokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class TextRequest:
+    """One prompt to encode.
+
+    Attributes:
+        task: ``generate`` or ``edit``.
+        prompt: The user's words; None for the unconditional (guidance) template.
+        image: Edit source ``(H, W, 3)`` uint8 (edit only).
+    """
+
+    task: Task
+    prompt: str | None
+    image: NDArray[np.uint8] | None = None
+
+
+class TextFeaturizer:
+    """Batched, differentiable version of the pipeline's text stage.
+
+    Args:
+        tokenizer_file: ``tokenizer.json`` of the model.
+        processor_config: ``processor/preprocessor_config.json`` contents.
+        drop_idx: Template tokens dropped per task.
+        vlm_size: (W, H) of the edit source given to the vision tower.
+        pad_id: Id used for padding the batch (never attended by real tokens).
+    """
+
+    def __init__(
+        self,
+        tokenizer_file: Path,
+        processor_config: dict[str, Any],
+        drop_idx: dict[str, int],
+        vlm_size: tuple[int, int],
+        pad_id: int,
+    ) -> None:
+        self.tokenizer = PromptTokenizer(tokenizer_file)
+        self.processor_config = processor_config
+        self.drop_idx = dict(drop_idx)
+        self.vlm_size = vlm_size
+        self.pad_id = pad_id
+        self.merge = int(processor_config.get("merge_size", 2))
+        self._encode = lru_cache(maxsize=65536)(self._encode_uncached)
+
+    def _encode_uncached(self, template: str, n_image: int) -> tuple[int, ...]:
+        return tuple(int(i) for i in self.tokenizer.encode(template, n_image))
+
+    def template(self, req: TextRequest) -> str:
+        """The template string of a request."""
+        if req.prompt is None:
+            return build_unconditional_prompt(req.task)
+        return build_prompt(req.task, req.prompt)
+
+    def __call__(
+        self, text_encoder: Any, requests: Sequence[TextRequest], device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a batch of requests of one task.
+
+        Args:
+            text_encoder: ``Qwen3VLForConditionalGeneration`` (train or eval mode).
+            requests: Requests that all share one task.
+            device: Device of the encoder.
+
+        Returns:
+            ``(B, L, D)`` features (zero-padded after the drop) and ``(B, L)`` int64 mask.
+        """
+        task = requests[0].task
+        if any(r.task != task for r in requests):
+            raise ValueError("`requests` must share one task")
+        device = device or torch.device("cpu")
+        rows: list[tuple[int, ...]] = []
+        pixels: list[NDArray[np.float32]] = []
+        grids: list[NDArray[np.int64]] = []
+        for req in requests:
+            n_image = 0
+            if task == "edit":
+                if req.image is None:
+                    raise ValueError("edit requests need `image`")
+                pv, grid = vlm_inputs(resize_lanczos(req.image, self.vlm_size), self.processor_config)
+                pixels.append(pv)
+                grids.append(grid)
+                n_image = num_image_tokens(grid, self.merge)
+            rows.append(self._encode(self.template(req), n_image))
+        lengths = [len(r) for r in rows]
+        T = max(lengths)
+        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.int64)  # (B, T) int64
+        attn = torch.zeros((len(rows), T), dtype=torch.int64)  # (B, T) int64
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = torch.tensor(r, dtype=torch.int64)
+            attn[b, : len(r)] = 1
+        pixel_values = grid_thw = None
+        if pixels:
+            pixel_values = torch.from_numpy(np.concatenate(pixels)).to(device)  # (P, K) float32
+            grid_thw = torch.from_numpy(np.concatenate(grids)).to(device)  # (B, 3) int64
+        hidden = prefinal_text_states(
+            text_encoder, ids.to(device), attn.to(device), pixel_values, grid_thw
+        )  # (B, T, D)
+        drop = self.drop_idx[task]
+        L = max(lengths) - drop
+        feats = hidden.new_zeros((len(rows), L, hidden.shape[-1]))  # (B, L, D) zero padding
+        mask = torch.zeros((len(rows), L), dtype=torch.int64, device=hidden.device)  # (B, L) 1 = real
+        for b, n in enumerate(lengths):
+            feats[b, : n - drop] = hidden[b, drop:n]
+            mask[b, : n - drop] = 1
+        return feats, mask
