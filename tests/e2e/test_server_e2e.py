@@ -313,3 +313,31 @@ def test_metrics_and_probes(http: httpx.Client, server: str) -> None:
         assert name in text, name
     assert re.search(r'dreamlite_batches_total\{backend="torch",task="mixed"\} [1-9]', text)
     assert re.search(r'dreamlite_jobs_rejected_total\{reason="queue_full"\} [1-9]', text)
+
+
+def test_python_client_against_the_real_server(server: str) -> None:
+    import asyncio
+
+    from clients import AsyncDreamLite, DreamLite, InvalidRequestError
+
+    with DreamLite(server, api_key=KEY) as client:
+        result = client.images.generate("client prompt", size="64x64", seed=9)
+        assert result.data[0].seed == 9  # type: ignore[union-attr]
+        edited = client.images.edit(
+            _png(64, 64), "client edit", working_size="64x64", seed=1, multipart=False
+        )
+        assert edited.data[0].width == 64  # type: ignore[union-attr]
+        with pytest.raises(InvalidRequestError) as info:
+            client.images.generate("x", size="63x64")
+        assert info.value.param == "width"
+        job = client.images.generate("client async", size="64x64", wait=False)
+        assert client.jobs.wait(job.id).status == "succeeded"
+
+    async def follow() -> list[str]:
+        async with AsyncDreamLite(server, api_key=KEY) as client:
+            job = await client.images.generate("client events", size="64x64", wait=False)
+            return [event.type async for event in client.events([job.id])]
+
+    types = asyncio.run(follow())
+    assert types[0] == "job.queued"
+    assert types[-1] == "job.succeeded"
