@@ -13,12 +13,15 @@ from model_runtime.export.parity import psnr_rgb8
 from model_runtime.types import SampleSpec
 from tests.unit.model_runtime.export.tiny_bundle import SIZE, STEPS
 
-# Negative control (two seeds of one prompt through torch fp32) measured 10.6–12.9 dB on this model; the
-# tiny model's images are coloured noise, so unrelated images still share their mean colour.
-# Benign pairs measured: fp16 ≥ 47 dB, w8a16 on the CPU EP and on the HTP emulator ≥ 26 dB
-# (docs/bundle.md).
-PSNR_MIN_FP16_DB = 40.0
-PSNR_MIN_W8A16_DB = 20.0
+# Image PSNR floors vs torch fp32, calibrated on this model (docs/bundle.md §7):
+# * benign pairs (deterministic, measured): fp16 51.5–52.3 dB; w8a16 on the CPU EP 36.0–37.8 dB; the same
+#   QDQ graphs as sm8650 context binaries on the HTP emulator 28.5–30.8 dB;
+# * negative control: the same prompt with another seed, 17.6–19.7 dB (three seeds, generate and edit).
+# The floors sit between the two: about 6 dB (fp16) and 3.5 dB (w8a16/HTP) under the worst benign value,
+# 5 dB over the best negative control. (A changed *prompt* gives 32–45 dB on this random tiny model, which
+# barely listens to text, so PSNR cannot catch a wrong prompt here; the per-stage parity tools can.)
+PSNR_MIN_FP16_DB = 45.0
+PSNR_MIN_W8A16_DB = 25.0
 
 
 def cases() -> list[SampleSpec]:

@@ -149,7 +149,7 @@ def test_cuda_execution_provider(built_bundle: Bundle, torch_reference: dict[str
 def test_generate_command_runs_a_bundle_and_names_it_in_the_recipe(
     built_bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from dreamlite.cli import main
+    from model_runtime.cli import main
     from model_runtime.recipe import read_recipe
 
     out = tmp_path / "x.png"

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from dreamlite.cli import main
 from model_runtime.bundle import MANIFEST_NAME, f32_from_hex, open_bundle
+from model_runtime.export.__main__ import main
 from model_runtime.sampler import compute_schedule
 from tests.unit.model_runtime.export.tiny_bundle import SEQ_LEN, SIZE, STEPS, TINY_MODEL
 
@@ -114,14 +114,15 @@ def test_manifest_records_provenance_quantization_qnn_and_parity(manifest: dict[
     assert graphs["fp32"]["unet/64x64"]["max_abs"] < 1e-4
     for report in graphs["fp32"].values():
         assert report["psnr_db"] >= 60.0
-    for precision in ("fp16", "w8a16", "qnn:sm8650"):
+    # Per-graph decoded-image PSNR (measured: fp16 ≥ 48.7, w8a16 CPU EP ≥ 37.9, HTP emulator ≥ 28.2 dB).
+    for precision, floor_db in (("fp16", 45.0), ("w8a16", 25.0), ("qnn:sm8650", 25.0)):
         for key, report in graphs[precision].items():
             assert np.isfinite(report["max_abs"]), (precision, key, report)
-            assert report["psnr_db"] > 15.0, (precision, key, report)
+            assert report["psnr_db"] >= floor_db, (precision, key, report)
 
 
 def test_bad_options_end_with_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["export", "--model", str(TINY_MODEL), "--out", str(tmp_path / "b")]
+    base = ["--model", str(TINY_MODEL), "--out", str(tmp_path / "b")]
     for extra, needle in (
         (["--precision", "fp32,int4"], "`--precision`"),
         (["--targets", "sm0000"], "`--targets`"),
@@ -130,7 +131,7 @@ def test_bad_options_end_with_one_error_line(tmp_path: Path, capsys: pytest.Capt
     ):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("dreamlite: error:"), err
+        assert err.startswith("export: error:"), err
         assert needle in err, err
         assert "\n" not in err, err
     assert not (tmp_path / "b").exists()

@@ -1,6 +1,7 @@
 """Build (once) the tiny conformance model's device bundle that the export and backend tests share.
 
-The bundle is made with the real command (``dreamlite export``, in process) at one small working size,
+The bundle is made with the real command (``python -m model_runtime.export``, the handler ``dreamlite
+export`` runs, in process) at one small working size,
 with all three precisions and sm8650 context binaries. It is cached under pytest's cache folder, keyed by
 the content of every ``model_runtime`` source file, the fixture model and the library versions, so a
 rerun with unchanged code reuses it; any code change rebuilds it. A file lock makes concurrent test
@@ -22,7 +23,6 @@ SIZE = (64, 64)
 STEPS = 2
 SEQ_LEN = 128
 EXPORT_ARGS = [
-    "export",
     "--model",
     str(TINY_MODEL),
     "--size",
@@ -61,7 +61,7 @@ def tiny_bundle(cache_dir: Path) -> tuple[Path, dict[str, Any]]:
     import contextlib
     import io
 
-    from dreamlite.cli import main
+    from model_runtime.export.__main__ import main
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = _key()
