@@ -17,6 +17,7 @@ Stage timings are returned (not written to the manifest, which stays a pure func
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -516,16 +517,20 @@ class _Exporter:
         return data
 
 
-def _e2e(exporter: _Exporter, torch_pipeline: Any, steps: int) -> None:
+def _e2e(exporter: _Exporter, reference: dict[tuple[int, int], Any], steps: int) -> None:
+    """End-to-end parity of every bundle backend against the torch runs recorded earlier."""
     from model_runtime.backends.onnx_backend import load_onnx_backend
+    from model_runtime.cache import LRUFeatureCache
     from model_runtime.export.parity import e2e_parity, run_e2e
     from model_runtime.export.qnn_worker import run_job
     from model_runtime.pipeline import Pipeline
 
-    reference = {size: run_e2e(torch_pipeline, size, steps) for size in exporter.sizes}
+    # One feature cache across precisions: the host text encoder (same weights, same encoder id) runs
+    # once per prompt instead of once per precision.
+    features = LRUFeatureCache(64)
     for precision in exporter.config.precisions:
         backend = load_onnx_backend(exporter.out, precision=precision, verify=False)
-        pipeline = Pipeline(backend)
+        pipeline = Pipeline(backend, feature_cache=features)
         exporter.parity["e2e"][precision] = {
             _size_dir(size): e2e_parity(run_e2e(pipeline, size, steps), reference[size])
             for size in exporter.sizes
@@ -584,7 +589,8 @@ def export_bundle(
     """
     from model_runtime.backends import create_backend
     from model_runtime.export.calibration import build_calibration, parity_recording
-    from model_runtime.export.graphs import load_torch_models
+    from model_runtime.export.graphs import torch_models
+    from model_runtime.export.parity import run_e2e
     from model_runtime.pipeline import Pipeline
 
     config = config.validate()
@@ -601,19 +607,17 @@ def export_bundle(
     partial = out_path.with_name(out_path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    default_steps = folder.config.default_steps
     with tempfile.TemporaryDirectory(prefix="dreamlite-export-") as tmp:
         ex = _Exporter(folder, partial, Path(tmp), config, sizes, steps)  # type: ignore[arg-type]
         clock = ex.clock
         with clock.stage("host_files"):
             _copy_host_files(folder, partial, config)
+        # Everything the torch pipeline must compute (calibration, parity references) happens first; then
+        # the text encoder (8 GB in float32 for the real model) is released before the memory-hungry
+        # export and quantization stages, whose graphs are traced from the same UNet/VAE modules.
         with clock.stage("load_torch"):
-            models = load_torch_models(folder.root)
-            torch_backend = create_backend("torch", folder.root, dtype="float32")
-        with clock.stage("onnx_fp32"):
-            ex.export_fp32(models)
-        if "fp16" in config.precisions:
-            with clock.stage("fp16"):
-                ex.export_fp16()
+            torch_backend: Any = create_backend("torch", folder.root, dtype="float32")
         calibration = None
         if "w8a16" in config.precisions:
             with clock.stage("calibration"):
@@ -621,20 +625,35 @@ def export_bundle(
                     torch_backend,
                     ex.sizes,
                     config.seq_len,
-                    folder.config.default_steps,
+                    default_steps,
                     config.calibration_prompts,
                     config.calibration_dir,
                 )
             if calibration_out is not None:
                 calibration.save(calibration_out)
-            with clock.stage("quantize_w8a16"):
-                ex.export_w8a16(calibration)
         recording = None
+        reference: dict[tuple[int, int], Any] = {}
         if config.parity != "none":
             with clock.stage("parity_inputs"):
-                recording = parity_recording(
-                    torch_backend, ex.sizes, config.seq_len, folder.config.default_steps
-                )
+                recording = parity_recording(torch_backend, ex.sizes, config.seq_len, default_steps)
+                if config.parity == "full":
+                    torch_pipeline = Pipeline(torch_backend)
+                    reference = {size: run_e2e(torch_pipeline, size, default_steps) for size in ex.sizes}
+                    del torch_pipeline
+        decode = torch_backend.vae_decoder  # keeps only the VAE alive
+        models = torch_models(torch_backend.unet, torch_backend.vae)
+        del torch_backend
+        gc.collect()
+        with clock.stage("onnx_fp32"):
+            ex.export_fp32(models)
+        del models
+        gc.collect()
+        if "fp16" in config.precisions:
+            with clock.stage("fp16"):
+                ex.export_fp16()
+        if calibration is not None:
+            with clock.stage("quantize_w8a16"):
+                ex.export_w8a16(calibration)
         if config.targets:
             with clock.stage("qnn_contexts"):
                 feeds = recording.inputs if recording is not None else {}
@@ -643,12 +662,12 @@ def export_bundle(
             emulator = {}
         if recording is not None:
             with clock.stage("parity_graphs"):
-                ex.graph_parity(recording, torch_backend.vae_decoder, emulator)
+                ex.graph_parity(recording, decode, emulator)
         empty_calibration = _EmptyCalibration()
         bundle_id = write_manifest(partial, ex.manifest(calibration or empty_calibration))
         if config.parity == "full":
             with clock.stage("parity_e2e"):
-                _e2e(ex, Pipeline(torch_backend), folder.config.default_steps)
+                _e2e(ex, reference, default_steps)
             bundle_id = write_manifest(partial, ex.manifest(calibration or empty_calibration))
         sizes_bytes = {
             rel.relative_to(partial).as_posix(): rel.stat().st_size

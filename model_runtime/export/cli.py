@@ -44,7 +44,9 @@ def register(sub: Any) -> None:
         "--seq-len", type=int, default=128, help="static text length of the UNet graph (default 128)"
     )
     ex.add_argument(
-        "--targets", default="sm8650", help="QNN targets, comma-separated (sm8550, sm8650, sm8750) or none"
+        "--targets",
+        default=None,
+        help="QNN targets, comma-separated (sm8550, sm8650, sm8750) or none (default: sm8650 with w8a16)",
     )
     ex.add_argument(
         "--precision", default="fp32,fp16,w8a16", help="graph precisions (default fp32,fp16,w8a16)"
@@ -89,15 +91,21 @@ def _sizes(values: list[str] | None) -> tuple[tuple[int, int], ...]:
     return tuple(parse_size(v) for v in values or [])
 
 
+def _default_targets(precisions: tuple[str, ...]) -> tuple[str, ...]:
+    """sm8650 (Xiaomi 14) when w8a16 graphs are built, else no QNN binaries."""
+    return ("sm8650",) if "w8a16" in precisions else ()
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~model_runtime.export.config.ExportConfig` the options ask for."""
     from model_runtime.export.config import ExportConfig
 
+    precisions = _csv(args.precision)
     return ExportConfig(
         sizes=_sizes(args.size),
         seq_len=args.seq_len,
-        precisions=_csv(args.precision),
-        targets=_csv(args.targets),
+        precisions=precisions,
+        targets=_default_targets(precisions) if args.targets is None else _csv(args.targets),
         steps=_ints(args.steps, "--steps"),
         fuse=_csv(args.fuse),
         calibration_dir=Path(args.calibration) if args.calibration else None,

@@ -176,6 +176,16 @@ def load_torch_models(model_dir: Any) -> TorchModels:
     vae: Any = AutoencoderTiny.from_pretrained(  # type: ignore[no-untyped-call]
         model_dir, subfolder="vae", torch_dtype=torch.float32
     )
+    return torch_models(unet, vae)
+
+
+def torch_models(unet: Any, vae: Any) -> TorchModels:
+    """Prepare loaded float32 modules for tracing (explicit attention processor, eval mode).
+
+    Args:
+        unet: A ``DreamLiteUNetModel`` (e.g. the torch backend's, to avoid a second copy in memory).
+        vae: An ``AutoencoderTiny``.
+    """
     unet.set_attn_processor(ExplicitAttnProcessor())
     for module in (unet, vae):
         module.eval().requires_grad_(False)

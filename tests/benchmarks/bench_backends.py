@@ -92,7 +92,7 @@ def _tiny_bundle(path: Path) -> Path:
     return path
 
 
-def bench_tiny(bundle: Path, reps: int) -> Scenario:
+def bench_tiny(bundle: Path, reps: int, threads: int) -> Scenario:
     """Tiny model, 64×64, through the backends' denoisers."""
     from model_runtime.backends import create_backend
 
@@ -107,7 +107,8 @@ def bench_tiny(bundle: Path, reps: int) -> Scenario:
     time_ids = np.asarray([[64.0, 64.0]], np.float32)
     backends: list[tuple[str, Any]] = [("torch fp32", create_backend("torch", TINY_MODEL))]
     for precision in ("fp32", "fp16", "w8a16"):
-        backends.append((f"onnx {precision} (CPU EP)", create_backend("onnx", bundle, precision=precision)))
+        backend = create_backend("onnx", bundle, precision=precision, threads=threads)
+        backends.append((f"onnx {precision} (CPU EP)", backend))
     backends.append(("qnn w8a16 sm8650 (emulator)", create_backend("qnn", bundle, target="sm8650")))
     for label, backend in backends:
         scenario.time(label, lambda b=backend: b.denoiser(sample, timestep, text, mask, time_ids))
@@ -115,7 +116,7 @@ def bench_tiny(bundle: Path, reps: int) -> Scenario:
     return scenario
 
 
-def bench_real(folder: Path, reps: int) -> Scenario:
+def bench_real(folder: Path, reps: int, threads: int) -> Scenario:
     """Real architecture, 256², torch module vs the exported graphs."""
     import torch
     from bench_real_unet_export import build_real_unet, unet_feeds
@@ -138,7 +139,7 @@ def bench_real(folder: Path, reps: int) -> Scenario:
             return unet(*args, **kwargs)[0]
 
     scenario.time("torch fp32", torch_step)
-    settings = {**REFERENCE_SESSION, "intra_op_num_threads": torch.get_num_threads()}
+    settings = {**REFERENCE_SESSION, "intra_op_num_threads": threads}
     for precision in ("fp32", "fp16", "w8a16"):
         path = folder / f"unet.{precision}.onnx"
         if path.is_file():
@@ -161,10 +162,18 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--real-reps", type=int, default=3)
     parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch and ORT intra-op threads (default 1: on a shared 2-core box, 2-thread OpenMP barriers "
+        "stall behind other jobs; the emulator is single-threaded anyway)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "backends.json")
     args = parser.parse_args()
     import torch
 
+    torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -174,10 +183,10 @@ def main() -> int:
         },
         "scenarios": {},
     }
-    tiny = bench_tiny(_tiny_bundle(args.tiny_bundle), args.reps)
+    tiny = bench_tiny(_tiny_bundle(args.tiny_bundle), args.reps, args.threads)
     report["scenarios"]["tiny_64x64"] = asdict(tiny)
     if not args.skip_real and (args.real_dir / "unet.fp32.onnx").is_file():
-        report["scenarios"]["real_256x256"] = asdict(bench_real(args.real_dir, args.real_reps))
+        report["scenarios"]["real_256x256"] = asdict(bench_real(args.real_dir, args.real_reps, args.threads))
     report["machine"]["load_avg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
