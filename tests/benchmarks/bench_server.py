@@ -1,18 +1,22 @@
 """Benchmark: server overhead vs the direct pipeline, and throughput with batching on and off.
 
-Measured side by side in one run, on this machine:
+Measured side by side in one run, on this machine, with two real ``dreamlite serve`` processes (uvicorn on
+127.0.0.1) up at the same time — batching ON (max_batch_size 8, max_wait_ms 10) and OFF (batch size 1):
 
-1. the direct pipeline at batch 1 (``pipeline.run([spec])``, median of ``--repeats``);
-2. a real ``dreamlite serve`` process (uvicorn on 127.0.0.1) with batching ON: median end-to-end time of
-   sequential sync ``POST /v1/generate`` requests (→ overhead ratio), then images/s at concurrency 1, 4, 8;
-3. the same server with batching OFF (batch size 1): images/s at concurrency 1, 4, 8.
+1. overhead: ``--repeats`` pairs, each = one direct ``pipeline.run([spec])`` in this process, then one
+   sequential sync ``POST /v1/generate`` to the batching-ON server (batch 1); the overhead ratio is the
+   median of the per-pair ratios server / direct;
+2. throughput: images/s at concurrency 1, 4 and 8 against each server, interleaved (ON, OFF, ON, OFF …) for
+   ``--rounds`` rounds so that a noisy neighbour hits both alike; images/s = images / wall time summed
+   over the rounds.
 
 Every request uses its own prompt (no prompt-cache hits) and seed. Results are printed as a table and
 written as JSON (default ``bench-results/bench_server.json``).
 
 Usage::
 
-    python tests/benchmarks/bench_server.py [--model DIR] [--size 256x256] [--requests 24] [--repeats 8]
+    python tests/benchmarks/bench_server.py [--model DIR] [--size 256x256] [--requests 12] [--repeats 8]
+                                            [--rounds 2]
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ class Scenario:
     max_wait_ms: float = 10.0
     images_per_s: dict[int, float] = field(default_factory=dict)
     mean_batch_size: dict[int, float] = field(default_factory=dict)
-    e2e_median_s: float | None = None
+    images: dict[int, int] = field(default_factory=dict)
+    wall_s: dict[int, float] = field(default_factory=dict)
+    batches: dict[int, list[int]] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -67,23 +73,26 @@ def _commit() -> str:
         return "unknown"
 
 
-def direct_pipeline_s(model: Path, width: int, height: int, repeats: int) -> float:
-    """Median seconds of one solo pipeline run (after two warm-up runs)."""
+def load_direct(model: Path, width: int, height: int) -> Any:
+    """The pipeline for direct runs (warmed at this size)."""
     from model_runtime import SampleSpec, load_pipeline
 
     pipeline = load_pipeline(model, backend="torch", dtype="float32")
     for i in range(2):
         pipeline.run([SampleSpec(task="generate", prompt=f"warm-up {i}", seed=i, width=width, height=height)])
-    times = []
-    for i in range(repeats):
-        spec = SampleSpec(
-            task="generate", prompt=f"direct prompt {i}", seed=1000 + i, width=width, height=height
-        )
-        t0 = time.perf_counter()
-        pipeline.run([spec])
-        times.append(time.perf_counter() - t0)
-    pipeline.backend.close()
-    return statistics.median(times)
+    return pipeline
+
+
+def direct_once(pipeline: Any, index: int, width: int, height: int) -> float:
+    """Seconds of one solo pipeline run."""
+    from model_runtime import SampleSpec
+
+    spec = SampleSpec(
+        task="generate", prompt=f"direct prompt {index}", seed=1000 + index, width=width, height=height
+    )
+    t0 = time.perf_counter()
+    pipeline.run([spec])
+    return time.perf_counter() - t0
 
 
 class Server:
@@ -136,8 +145,8 @@ async def _request(client: httpx.AsyncClient, index: int, size: str, tag: str) -
     return batch
 
 
-async def throughput(base: str, size: str, concurrency: int, total: int, tag: str) -> tuple[float, float]:
-    """(images/s, mean batch size) for ``total`` requests with ``concurrency`` in flight."""
+async def throughput(base: str, size: str, concurrency: int, total: int, tag: str) -> tuple[float, list[int]]:
+    """(wall seconds, batch size of every image) for ``total`` requests with ``concurrency`` in flight."""
     counter = iter(range(total))
     batches: list[int] = []
 
@@ -147,23 +156,18 @@ async def throughput(base: str, size: str, concurrency: int, total: int, tag: st
 
     limits = httpx.Limits(max_connections=concurrency + 2)
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
-        await _request(client, 10_000 + concurrency, size, f"{tag}-warm")  # this size's kernels warm
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return total / wall, statistics.mean(batches)
+    return wall, batches
 
 
-def sequential_e2e_s(base: str, size: str, repeats: int) -> float:
-    times = []
-    with httpx.Client(base_url=base, timeout=600) as client:
-        for i in range(repeats + 1):
-            body = {"prompt": f"sequential prompt {i}", "seed": 5000 + i, "size": size}
-            t0 = time.perf_counter()
-            client.post("/v1/generate", json=body).raise_for_status()
-            if i:  # the first request warms this size
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def server_once(base: str, size: str, index: int) -> float:
+    """Seconds of one sequential sync request."""
+    body = {"prompt": f"sequential prompt {index}", "seed": 5000 + index, "size": size}
+    t0 = time.perf_counter()
+    httpx.post(f"{base}/v1/generate", json=body, timeout=600).raise_for_status()
+    return time.perf_counter() - t0
 
 
 def main() -> int:
@@ -172,39 +176,52 @@ def main() -> int:
     )
     parser.add_argument("--model", type=Path, default=TINY)
     parser.add_argument("--size", default="256x256")
-    parser.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
+    parser.add_argument("--requests", type=int, default=12, help="requests per concurrency level and round")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the throughput runs")
     parser.add_argument("--repeats", type=int, default=8, help="sequential requests for the overhead ratio")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench_server.json")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
 
     started = time.time()
-    direct = direct_pipeline_s(args.model, width, height, args.repeats)
-    print(f"direct pipeline done: {direct * 1000:.1f} ms", file=sys.stderr, flush=True)
     scenarios = [Scenario("batching_on", batching=True), Scenario("batching_off", batching=False)]
-    for scenario in scenarios:
-        server = Server(args.model, scenario, warmup=args.size)
-        try:
+    servers = [Server(args.model, scenario, warmup=args.size) for scenario in scenarios]
+    try:
+        for server in servers:
             server.wait_ready()
-            if scenario.batching:
-                scenario.e2e_median_s = sequential_e2e_s(server.base, args.size, args.repeats)
+        for server in servers:  # one request warms the serving path at this size
+            server_once(server.base, args.size, 9_999)
+        pipeline = load_direct(args.model, width, height)
+        direct_s, server_s = [], []
+        for i in range(args.repeats):
+            direct_s.append(direct_once(pipeline, i, width, height))
+            server_s.append(server_once(servers[0].base, args.size, i))
+        pipeline.backend.close()
+        del pipeline
+        ratios = [s_ / d_ for s_, d_ in zip(server_s, direct_s, strict=True)]
+        print(f"overhead pairs done: {statistics.median(ratios):.3f}", file=sys.stderr, flush=True)
+        for round_index in range(args.rounds):
             for c in CONCURRENCY:
-                ips, mean_batch = asyncio.run(
-                    throughput(server.base, args.size, c, args.requests, scenario.name)
-                )
-                scenario.images_per_s[c] = ips
-                scenario.mean_batch_size[c] = mean_batch
-                print(
-                    f"{scenario.name} c={c}: {ips:.2f} img/s, mean batch {mean_batch:.2f}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        finally:
+                for scenario, server in zip(scenarios, servers, strict=True):
+                    tag = f"{scenario.name}-r{round_index}"
+                    wall, batches = asyncio.run(throughput(server.base, args.size, c, args.requests, tag))
+                    scenario.images[c] = scenario.images.get(c, 0) + len(batches)
+                    scenario.wall_s[c] = scenario.wall_s.get(c, 0.0) + wall
+                    scenario.batches.setdefault(c, []).extend(batches)
+                    print(
+                        f"round {round_index} {scenario.name} c={c}: {len(batches) / wall:.2f} img/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for server in servers:
             server.stop()
-
+    for scenario in scenarios:
+        for c in CONCURRENCY:
+            scenario.images_per_s[c] = scenario.images[c] / scenario.wall_s[c]
+            scenario.mean_batch_size[c] = statistics.mean(scenario.batches[c])
     on, off = scenarios
-    assert on.e2e_median_s is not None
-    overhead = on.e2e_median_s / direct
+    overhead = statistics.median(ratios)
     import torch
 
     result: dict[str, Any] = {
@@ -221,9 +238,13 @@ def main() -> int:
         "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
         "size": args.size,
         "requests_per_level": args.requests,
-        "direct_pipeline_batch1_median_s": direct,
-        "server_e2e_batch1_median_s": on.e2e_median_s,
+        "direct_pipeline_batch1_median_s": statistics.median(direct_s),
+        "server_e2e_batch1_median_s": statistics.median(server_s),
         "overhead_ratio": overhead,
+        "overhead_pairs": [
+            {"direct_s": d_, "server_s": s_} for d_, s_ in zip(direct_s, server_s, strict=True)
+        ],
+        "rounds": args.rounds,
         "scenarios": [asdict(s) for s in scenarios],
         "speedup_batching": {c: on.images_per_s[c] / off.images_per_s[c] for c in CONCURRENCY},
     }
@@ -231,8 +252,13 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"model={result['model']} size={args.size} cpus={os.cpu_count()} torch={torch.__version__}")
-    print(f"direct pipeline, batch 1 : {direct * 1000:8.1f} ms (median of {args.repeats})")
-    print(f"server end-to-end, batch 1: {on.e2e_median_s * 1000:8.1f} ms  → overhead ratio {overhead:.3f}")
+    print(
+        f"direct pipeline, batch 1 : {statistics.median(direct_s) * 1000:8.1f} ms (median of {args.repeats})"
+    )
+    print(
+        f"server end-to-end, batch 1: {statistics.median(server_s) * 1000:8.1f} ms (median of {args.repeats})"
+    )
+    print(f"overhead ratio (median of paired server/direct): {overhead:.3f}")
     print(f"{'concurrency':>11} | {'batching on img/s':>17} {'(mean batch)':>12} | ", end="")
     print(f"{'batching off img/s':>18} | speedup")
     for c in CONCURRENCY:
