@@ -114,11 +114,13 @@ def test_server_bits_equal_dreamlite_generate(http: httpx.Client, tmp_path: Path
     body = {"prompt": "a red door", "size": "128x128", "seed": 42, "deterministic": True}
     served = http.post("/v1/generate", json=body).json()["data"][0]
     out = tmp_path / "cli.png"
+    # `python -m model_runtime.cli generate` is the handler `dreamlite generate` dispatches to
+    # (model_runtime.cli.run_sample), without the other areas' sub-commands.
     cli = subprocess.run(
         [
             sys.executable,
             "-m",
-            "dreamlite",
+            "model_runtime.cli",
             "generate",
             "--model",
             str(TINY),
