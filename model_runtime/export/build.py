@@ -380,7 +380,7 @@ class _Exporter:
                     }
                 )
                 self.qnn_timings[f"{name}:{item['key']}"] = {
-                    k: res[k] for k in ("compile_s", "load_s", "run_s")
+                    k: res[k] for k in ("compile_s", "load_s", "run_s", "single_run_s", "emulator_runs")
                 }
                 if "out" in item:
                     with np.load(item["out"]) as data:
@@ -587,11 +587,7 @@ def export_bundle(
         InvalidInputError: A bad option (named).
         ModelLoadError: The folder or a calibration folder cannot be used (file named).
     """
-    from model_runtime.backends import create_backend
-    from model_runtime.export.calibration import build_calibration, parity_recording
-    from model_runtime.export.graphs import torch_models
-    from model_runtime.export.parity import run_e2e
-    from model_runtime.pipeline import Pipeline
+    import torch
 
     config = config.validate()
     folder = open_model_folder(model_dir)
@@ -607,9 +603,37 @@ def export_bundle(
     partial = out_path.with_name(out_path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        result = _run_stages(folder, partial, config, sizes, steps, calibration_out)  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(saved_threads)
+    if out_path.exists():
+        shutil.rmtree(out_path)
+    partial.rename(out_path)
+    result.bundle = out_path
+    return result
+
+
+def _run_stages(
+    folder: ModelFolder,
+    partial: Path,
+    config: ExportConfig,
+    sizes: list[tuple[int, int]],
+    steps: list[int],
+    calibration_out: Path | None,
+) -> ExportResult:
+    """Every stage, writing into ``partial`` (see :func:`export_bundle`)."""
+    from model_runtime.backends import create_backend
+    from model_runtime.export.calibration import build_calibration, parity_recording
+    from model_runtime.export.graphs import torch_models
+    from model_runtime.export.parity import run_e2e
+    from model_runtime.pipeline import Pipeline
+
     default_steps = folder.config.default_steps
     with tempfile.TemporaryDirectory(prefix="dreamlite-export-") as tmp:
-        ex = _Exporter(folder, partial, Path(tmp), config, sizes, steps)  # type: ignore[arg-type]
+        ex = _Exporter(folder, partial, Path(tmp), config, sizes, steps)
         clock = ex.clock
         with clock.stage("host_files"):
             _copy_host_files(folder, partial, config)
@@ -674,13 +698,10 @@ def export_bundle(
             for rel in sorted(partial.rglob("*"))
             if rel.is_file()
         }
-    if out_path.exists():
-        shutil.rmtree(out_path)
-    partial.rename(out_path)
     timings = dict(clock.timings)
     timings.update({f"qnn:{k}": v for k, v in _flatten_timings(ex.qnn_timings).items()})
     return ExportResult(
-        bundle=out_path, bundle_id=bundle_id, timings=timings, parity=ex.parity, sizes_bytes=sizes_bytes
+        bundle=partial, bundle_id=bundle_id, timings=timings, parity=ex.parity, sizes_bytes=sizes_bytes
     )
 
 

@@ -75,6 +75,9 @@ def register(sub: Any) -> None:
     ex.add_argument(
         "--text-encoder", default="copy", choices=["copy", "none"], help="ship the host text encoder"
     )
+    ex.add_argument(
+        "--threads", type=int, default=1, help="torch threads for calibration and tracing (default 1)"
+    )
     ex.add_argument("--force", action="store_true", help="replace an existing bundle folder")
     ex.set_defaults(handler=run_export)
     ver = sub.add_parser(
@@ -113,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         parity=args.parity,
         parity_qnn=not args.no_parity_qnn,
         text_encoder=args.text_encoder,
+        threads=args.threads,
     )
 
 

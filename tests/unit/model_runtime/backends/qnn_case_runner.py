@@ -22,9 +22,14 @@ def main(argv: list[str]) -> int:
     result = run_cases(pipeline)
     elapsed = time.perf_counter() - t0
     np.savez(out, **{f"{t}/{n}": v for t, vals in result.items() for n, v in vals.items()})
-    print(
-        json.dumps({"digest": digest(result), "provider": pipeline.backend.info.provider, "run_s": elapsed})
-    )
+    info = pipeline.backend.info
+    summary = {
+        "digest": digest(result),
+        "provider": info.provider,
+        "run_s": elapsed,
+        "emulator_runs": info.details.get("emulator_runs"),
+    }
+    print(json.dumps(summary))
     return 0
 
 

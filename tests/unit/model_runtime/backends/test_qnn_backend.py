@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model_runtime import BackendUnavailableError, InvalidInputError, load_pipeline
+from model_runtime import BackendUnavailableError, InferenceError, InvalidInputError, load_pipeline
 from model_runtime.backends import qnn_backend
 from tests.unit.model_runtime.backends.parity_cases import PSNR_MIN_W8A16_DB, compare, digest, run_cases
 
@@ -70,6 +70,7 @@ def test_emulator_results_are_close_to_torch_and_bit_identical_across_processes(
         got = {t: {"latent": data[f"{t}/latent"], "image": data[f"{t}/image"]} for t in ("generate", "edit")}
     report = compare(got, torch_reference)
     print("qnn sm8650 (HTP emulator) vs torch fp32:", report, "run_s:", first["run_s"], second["run_s"])
+    print("emulator runs per process:", first["emulator_runs"], second["emulator_runs"])
     for task in ("generate", "edit"):
         assert report[task]["psnr_db"] >= PSNR_MIN_W8A16_DB, (task, report)
 
@@ -82,6 +83,8 @@ def test_in_process_backend_reports_target_and_refuses_a_second_target(built_bun
     assert info.details["provider_options"]["soc_model"] == "57"
     assert info.details["session_options"]["session.disable_cpu_ep_fallback"] == "1"
     assert info.details["sdk_matches_bundle"] is True
+    assert info.details["agreement"] == 2
+    assert info.details["provider_options"]["htp_graph_finalization_optimization_mode"] == "3"
     assert set(info.details["graph_sha256"]) == {"unet/64x64", "vae_decoder/64x64", "vae_encoder/64x64"}
     with pytest.raises(BackendUnavailableError, match="one worker process per target"):
         qnn_backend.claim_target("sm8750")
@@ -106,3 +109,28 @@ def test_cpu_fallback_only_when_configured_and_reported(
     cpu = load_pipeline(built_bundle[0], backend="onnx", precision="w8a16")
     # The fallback runs the same QDQ graphs as the onnx backend's w8a16 precision, bit for bit.
     assert digest(run_cases(pipeline)) == digest(run_cases(cpu))
+
+
+class _FlakySession:
+    """Returns the given outputs in turn (what a non-reproducible emulator looks like)."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = iter(values)
+        self.calls = 0
+
+    def run(self, _names: Any, _feeds: Any) -> list[np.ndarray]:
+        self.calls += 1
+        return [np.full((2,), next(self.values), dtype=np.float32)]
+
+
+def test_agreement_returns_the_result_seen_n_times_and_counts_disagreements() -> None:
+    stats = {"calls": 0, "runs": 0, "disagreeing_calls": 0}
+    flaky = _FlakySession([1.0, 2.0, 1.0, 3.0, 1.0])
+    out = qnn_backend.AgreedSession(flaky, 3, 10, stats).run(None, {})
+    assert out[0].tolist() == [1.0, 1.0]
+    assert (flaky.calls, stats) == (5, {"calls": 1, "runs": 5, "disagreeing_calls": 1})
+    steady = _FlakySession([4.0] * 3)
+    assert qnn_backend.AgreedSession(steady, 3, 10, stats).run(None, {})[0][0] == 4.0
+    assert stats == {"calls": 2, "runs": 8, "disagreeing_calls": 1}
+    with pytest.raises(InferenceError, match="4 different results in 4 runs"):
+        qnn_backend.AgreedSession(_FlakySession([1.0, 2.0, 3.0, 4.0]), 2, 4, stats).run(None, {})
