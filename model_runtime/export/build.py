@@ -148,6 +148,16 @@ def _graph_entry(
     }
 
 
+def qnn_parity_indices(total: int, wanted: int) -> list[int]:
+    """``wanted`` evenly spread sample indices out of ``total`` (all when ``wanted`` is 0 or ≥ total).
+
+    With 2 held-out runs × 4 steps and ``wanted=4`` this picks the 2nd and 4th step of each run.
+    """
+    if wanted <= 0 or wanted >= total:
+        return list(range(total))
+    return [(2 * i + 1) * total // (2 * wanted) for i in range(wanted)]
+
+
 def _signature(entry: dict[str, Any]) -> dict[str, list[int]]:
     return {str(i["name"]): list(i["shape"]) for i in entry["inputs"]}
 
@@ -341,6 +351,8 @@ class _Exporter:
                 dst = self.out / "qnn" / name / _size_dir(size) / f"{entry['component']}.w8a16_ctx.onnx"
                 item: dict[str, Any] = {"src": str(self.out / entry["path"]), "dst": str(dst), "key": key}
                 feeds = parity_feeds.get((entry["component"], size), []) if self.config.parity_qnn else []
+                # The emulator is slow (≈3.5 min per real-UNet run): score a spread-out subset of samples.
+                feeds = [feeds[i] for i in qnn_parity_indices(len(feeds), self.config.qnn_parity_samples)]
                 if feeds and self.config.parity != "none":
                     feeds_path = self.work / f"parity-{name}-{entry['component']}-{_size_dir(size)}.npz"
                     save_feeds(feeds_path, feeds)
@@ -428,8 +440,14 @@ class _Exporter:
                 component, tag = graph_key.split("/")
                 w, h = (int(v) for v in tag.split("x"))
                 key = (component, (w, h))
+                idx = qnn_parity_indices(len(recording.inputs[key]), self.config.qnn_parity_samples)
                 report = graph_parity(
-                    component, recording.inputs[key], outs, recording.outputs[key], decode, images[key]
+                    component,
+                    [recording.inputs[key][i] for i in idx],
+                    outs,
+                    [recording.outputs[key][i] for i in idx],
+                    decode,
+                    [images[key][i] for i in idx],
                 )
                 self.parity["graphs"].setdefault(f"qnn:{name}", {})[graph_key] = report
 

@@ -70,6 +70,12 @@ def register(sub: Any) -> None:
         "--parity", default="full", choices=["full", "graphs", "none"], help="parity measured at export"
     )
     ex.add_argument(
+        "--qnn-parity-samples",
+        type=int,
+        default=4,
+        help="held-out samples per graph run on the emulator at export (default 4, 0 = all)",
+    )
+    ex.add_argument(
         "--no-parity-qnn", action="store_true", help="skip emulator parity runs (slow on the real model)"
     )
     ex.add_argument(
@@ -115,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         calibration_prompts=args.calibration_prompts,
         parity=args.parity,
         parity_qnn=not args.no_parity_qnn,
+        qnn_parity_samples=args.qnn_parity_samples,
         text_encoder=args.text_encoder,
         threads=args.threads,
     )

@@ -74,6 +74,7 @@ class ExportConfig:
         calibration_prompts: Number of built-in prompts per task used when building calibration data.
         parity: ``full`` (graphs + end-to-end images), ``graphs`` or ``none``.
         parity_qnn: Also measure the QNN emulator (slow on big models).
+        qnn_parity_samples: Held-out samples per graph scored on the emulator (0 = all).
         text_encoder: ``copy`` (the bundle carries ``text_encoder/``, hard-linked when possible) or ``none``.
         threads: torch threads for the export's torch work (calibration runs, tracing). Default 1: on a
             shared 2-core box two OpenMP threads stalled behind other jobs (tiny-model calibration 22.8 s
@@ -92,6 +93,7 @@ class ExportConfig:
     calibration_prompts: int = 4
     parity: str = "full"
     parity_qnn: bool = True
+    qnn_parity_samples: int = 4
     text_encoder: str = "copy"
     threads: int = 1
 
