@@ -19,7 +19,7 @@ REGISTRARS: list[tuple[str, str]] = [
     ("server.cli", "register"),
     ("model_runtime.export.cli", "register"),
     ("model_runtime.parity.cli", "register"),
-    ("model_runtime.train.cli_eval", "register"),
+    ("model_runtime.train.cli_eval", "add_eval_parser"),
 ]
 
 
