@@ -34,7 +34,7 @@ from model_runtime.dtypes import round_to
 from model_runtime.errors import CanceledError, InvalidInputError
 from model_runtime.noise import check_seed, initial_noise
 from model_runtime.postprocess import to_uint8
-from model_runtime.preprocess import num_image_tokens, resize_lanczos, vae_input, vlm_inputs
+from model_runtime.preprocess import num_image_tokens, resize_lanczos, smart_resize, vae_input, vlm_inputs
 from model_runtime.prompts import build_prompt, build_unconditional_prompt
 from model_runtime.sampler import Schedule, euler_step
 from model_runtime.tokenization import PromptTokenizer
@@ -252,7 +252,37 @@ class Pipeline:
             assert spec.image is not None
             plan.vlm_image = resize_lanczos(spec.image, cfg.vlm_image_size)  # (h_vlm, w_vlm, 3) uint8
             plan.vae_image = resize_lanczos(spec.image, plan.work_size)  # (H, W, 3) uint8
+        if self.backend.text_len is not None:
+            self._check_text_length(plan)
         return plan
+
+    def _check_text_length(self, plan: SamplePlan) -> None:
+        """Static-shape bundles take at most ``text_len`` text tokens: refuse longer prompts up front."""
+        assert self.backend.text_len is not None
+        task = plan.spec.task
+        drop = self.config.drop_idx_edit if task == "edit" else self.config.drop_idx_generate
+        n_image = 0
+        if task == "edit":
+            proc = self.spec.processor_config
+            ps, ms = int(proc.get("patch_size", 14)), int(proc.get("merge_size", 2))
+            size = proc.get("size") or {}
+            rh, rw = smart_resize(
+                self.config.vlm_image_size[1],
+                self.config.vlm_image_size[0],
+                ps * ms,
+                int(proc.get("min_pixels") or size.get("shortest_edge", 56 * 56)),
+                int(proc.get("max_pixels") or size.get("longest_edge", 28 * 28 * 1280)),
+            )
+            n_image = (rh // ps) * (rw // ps) // (ms * ms)
+        for template in plan.texts.values():
+            length = int(self.tokenizer.encode(template, n_image).shape[0]) - drop
+            if length > self.backend.text_len:
+                raise InvalidInputError(
+                    "prompt",
+                    "is too long for this model bundle's static text length.",
+                    allowed=f"at most {self.backend.text_len} text tokens after the template",
+                    given=f"{length} tokens",
+                )
 
     def batch_key(self, spec: SampleSpec) -> BatchKey:
         """The key a spec batches under (validates the spec)."""

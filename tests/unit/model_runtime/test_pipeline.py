@@ -314,3 +314,19 @@ def test_base_variant_guidance(base_pipeline: Pipeline, tiny_pipeline: Pipeline)
     strong = base_pipeline.run([SampleSpec("generate", "a red apple", 5, width=256, height=256, steps=2)])[0]
     assert strong.recipe.guidance_scale == 3.5
     assert not np.array_equal(strong.image, guided[0].image)
+
+
+def test_static_text_length_is_checked_when_planning(tiny_pipeline: Pipeline) -> None:
+    """Static-shape bundles refuse a too-long prompt at validation time, naming the prompt."""
+    backend = tiny_pipeline.backend
+    saved = backend.text_len
+    backend.text_len = 24  # type: ignore[misc]
+    try:
+        tiny_pipeline.plan(SampleSpec("generate", "a red apple", 0, width=256, height=256))  # 19 tokens: fits
+        with pytest.raises(InvalidInputError) as info:
+            tiny_pipeline.plan(SampleSpec("generate", "a red apple " * 10, 0, width=256, height=256))
+        assert info.value.field == "prompt"
+        with pytest.raises(InvalidInputError, match="static text length"):  # 64 image tokens alone exceed 24
+            tiny_pipeline.plan(SampleSpec("edit", "x", 0, image=SOURCE, working_size=(256, 256)))
+    finally:
+        backend.text_len = saved  # type: ignore[misc]
