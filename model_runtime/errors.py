@@ -42,6 +42,10 @@ class InvalidInputError(ModelRuntimeError, ValueError):
             parts.append(f"Given: {shown if len(shown) <= 80 else shown[:77] + '...'}.")
         super().__init__(" ".join(parts))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the original fields (errors cross process boundaries in parity workers)."""
+        return (_rebuild_invalid_input, (self.field, str(self), self.allowed, self.given))
+
     @classmethod
     def one_of(cls, field: str, allowed: Iterable[Any], given: Any) -> InvalidInputError:
         """An error for a value outside an enumerated set."""
@@ -49,12 +53,24 @@ class InvalidInputError(ModelRuntimeError, ValueError):
         return cls(field, "must be one of the allowed values.", allowed=values, given=given)
 
 
+def _rebuild_invalid_input(field: str, text: str, allowed: str | None, given: Any) -> InvalidInputError:
+    error = InvalidInputError.__new__(InvalidInputError)
+    Exception.__init__(error, text)
+    error.field, error.allowed, error.given = field, allowed, given
+    return error
+
+
 class ModelLoadError(ModelRuntimeError):
     """A model folder or device bundle cannot be loaded; the message names the file."""
 
     def __init__(self, path: str, message: str) -> None:
         self.path = path
+        self.detail = message
         super().__init__(f"{path}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the original fields."""
+        return (ModelLoadError, (self.path, self.detail))
 
 
 class BackendUnavailableError(ModelRuntimeError):

@@ -21,10 +21,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import __version__
-from server.api import routes_images, routes_jobs, routes_ops, routes_ws
+from server.api import routes_images, routes_jobs, routes_ops, routes_parity, routes_ws
 from server.api.media import encode_output, encode_preview
 from server.api.validation import describe_pydantic_errors, parse_size
 from server.engine.engine import Engine
+from server.engine.parity import ParityService
 from server.engine.runner import Runner, RuntimeLoader, load_runtime
 from server.errors import PayloadTooLargeError, ServerError
 from server.observability.metrics import Metrics
@@ -191,10 +192,24 @@ def create_app(
             on_load_failure=on_load_failure,
         )
         app.state.engine = engine
+        parity_bundle = settings.parity.effective_bundle(settings.model)
+        app.state.parity = (
+            ParityService(
+                parity_bundle,
+                settings.parity.executors,
+                cache_entries=settings.parity.cache_entries,
+                max_jobs=settings.parity.max_jobs,
+                on_report=metrics.observe_parity,
+            )
+            if parity_bundle is not None
+            else None
+        )
         await engine.start()
         try:
             yield
         finally:
+            if app.state.parity is not None:
+                await app.state.parity.close()
             await engine.close()
 
     app = FastAPI(
@@ -207,14 +222,18 @@ def create_app(
             {"name": "jobs", "description": "Job status, cancel and image files."},
             {"name": "websocket", "description": "Job events over `WS /v1/ws`."},
             {"name": "ops", "description": "Probes, metrics, models."},
+            {
+                "name": "parity",
+                "description": "Phone ↔ server parity: reference traces, verification reports.",
+            },
         ],
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    for module in (routes_images, routes_jobs, routes_ops, routes_ws):
+    for module in (routes_images, routes_jobs, routes_ops, routes_ws, routes_parity):
         app.include_router(module.router)
     _install_error_handlers(app, metrics)
-    max_body = settings.limits.max_upload_bytes * 4 // 3 + 1024 * 1024
+    max_body = max(settings.limits.max_upload_bytes, settings.parity.max_upload_bytes) * 4 // 3 + 1024 * 1024
     app.add_middleware(EdgeMiddleware, metrics=metrics, max_body_bytes=max_body)
     return app
 

@@ -112,6 +112,30 @@ class ScaleoutSettings(_Group):
     redis_url: str | None = Field(default=None, description="redis://host:port/db for the redis broker.")
 
 
+class ParitySettings(_Group):
+    """Parity mode: reference traces and verifications on the bundle's graphs (``/v1/parity/*``)."""
+
+    bundle: Path | None = Field(
+        default=None,
+        description="Bundle of the parity reference graphs. Empty: model.bundle (parity off without one).",
+    )
+    executors: list[str] = Field(
+        default_factory=lambda: ["qnn:sm8650", "onnx:w8a16", "onnx:fp32"],
+        description="Executors as JSON, first = default: qnn:<target> (emulator), onnx:<precision> (CPU EP).",
+    )
+    cache_entries: int = Field(default=32, ge=1, description="Reference traces cached per executor.")
+    max_jobs: int = Field(default=256, ge=1, description="Finished parity jobs retained.")
+    max_upload_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest verify body (device trace + tensors) in bytes.",
+    )
+
+    def effective_bundle(self, model: ModelSettings) -> Path | None:
+        """The parity bundle: this setting, or the served bundle."""
+        return self.bundle if self.bundle is not None else model.bundle
+
+
 class ServerSettings(BaseSettings):
     """All settings of ``dreamlite serve``.
 
@@ -142,6 +166,7 @@ class ServerSettings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     scaleout: ScaleoutSettings = Field(default_factory=ScaleoutSettings)
+    parity: ParitySettings = Field(default_factory=ParitySettings)
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:

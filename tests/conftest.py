@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,3 +25,14 @@ def tiny_pipeline():  # type: ignore[no-untyped-def]
     from model_runtime import load_pipeline
 
     return load_pipeline(TINY_MODEL, backend="torch", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def built_bundle(request: pytest.FixtureRequest) -> tuple[Path, dict[str, Any]]:
+    """(bundle folder, export summary) of the tiny conformance model, built once and cached by content.
+
+    Read-only: copy before editing.
+    """
+    from tests.unit.model_runtime.export.tiny_bundle import tiny_bundle
+
+    return tiny_bundle(Path(request.config.cache.mkdir("dreamlite-bundle")))

@@ -9,6 +9,7 @@ prompt. Each app builds its own :class:`Metrics`, so tests and several apps in o
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -16,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 SIZE_BUCKETS = (1e3, 1e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7)
+PARITY_ERROR_BUCKETS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 255.0)
 STAGES = ("queue", "text_encode", "vae_encode", "denoise", "decode", "image_encode")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -124,6 +126,20 @@ class Metrics:
         self.prompt_cache = Counter(
             "dreamlite_prompt_cache_lookups_total", "Prompt-feature cache lookups.", ["result"], registry=r
         )
+        # parity
+        self.parity_checks = Counter(
+            "dreamlite_parity_checks_total",
+            "Parity verifications by overall verdict.",
+            ["verdict"],
+            registry=r,
+        )
+        self.parity_stage_error = Histogram(
+            "dreamlite_parity_max_abs_error",
+            "Max |Δ| of a verified stage vs the reference (unitless; 0 when bit-exact).",
+            ["stage"],
+            buckets=PARITY_ERROR_BUCKETS,
+            registry=r,
+        )
         # state
         self.queue_depth = Gauge("dreamlite_queue_depth", "Jobs waiting to start.", registry=r)
         self.queue_estimated_wait = Gauge(
@@ -153,6 +169,19 @@ class Metrics:
         for reason in ("queue_full", "not_ready", "deadline_exceeded", "invalid", "unauthorized"):
             self.jobs_rejected.labels(reason=reason)
         self.worker_ready.set(0)
+        for verdict in ("bit_exact", "within_tolerance", "mismatch"):
+            self.parity_checks.labels(verdict=verdict)
+
+    def observe_parity(self, report: dict[str, Any]) -> None:
+        """Count one verification report and its per-stage errors (stage class labels, bounded)."""
+        self.parity_checks.labels(verdict=str(report["verdict"])).inc()
+        for stage in report["stages"]:
+            value = stage.get("max_abs")
+            if value is None:
+                continue
+            name = str(stage["name"])
+            kind = name.split(".", 1)[1] if name.startswith("step") else name
+            self.parity_stage_error.labels(stage=kind).observe(float(value))
 
     def render(self) -> bytes:
         """The text exposition format."""
