@@ -35,7 +35,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bundle", metavar="DIR", help="device bundle (onnx and qnn backends)")
     parser.add_argument("--target", default=None, help="QNN target SoC for --backend qnn, e.g. sm8650")
-    parser.add_argument("--precision", default=None, help="bundle graph precision for onnx: fp32, fp16, w8a16")
+    parser.add_argument(
+        "--precision", default=None, help="bundle graph precision for onnx: fp32, fp16, w8a16"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch backend)")
 
@@ -61,7 +63,9 @@ def register(sub: Any) -> None:
     edit.add_argument("--image", required=True, metavar="SRC", help="source image (PNG, JPEG, WebP)")
     edit.add_argument("--size", default=None, help="output WIDTHxHEIGHT (default: the source size)")
     edit.add_argument(
-        "--working-size", default=None, help="WIDTHxHEIGHT the model computes at (default: the model's, 1024²)"
+        "--working-size",
+        default=None,
+        help="WIDTHxHEIGHT the model computes at (default: the model's, 1024²)",
     )
     _add_sample_options(edit)
     edit.set_defaults(handler=run_sample)
@@ -94,7 +98,9 @@ def run_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     fmt = _OUT_FORMATS.get(out.suffix.lower())
     if fmt is None:
-        raise InvalidInputError("--out", "must end in a known image extension.", allowed=", ".join(_OUT_FORMATS), given=args.out)
+        raise InvalidInputError(
+            "--out", "must end in a known image extension.", allowed=", ".join(_OUT_FORMATS), given=args.out
+        )
     if not out.parent.exists():
         raise InvalidInputError("--out", "is in a folder that does not exist.", given=str(out.parent))
     width = height = None
@@ -129,7 +135,9 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.trace and result.trace is not None:
         result.trace.meta["recipe"] = recipe
         result.trace.save_npz(args.trace)
-    summary = {k: recipe[k] for k in ("task", "seed", "noise", "steps", "size", "backend", "dtype", "rgb8_sha256")}
+    summary = {
+        k: recipe[k] for k in ("task", "seed", "noise", "steps", "size", "backend", "dtype", "rgb8_sha256")
+    }
     print(json.dumps({"out": str(out), **summary}))
     return 0
 

@@ -15,9 +15,7 @@ from numpy.typing import NDArray
 
 from model_runtime.dtypes import DType, round_to
 from model_runtime.errors import BackendUnavailableError, InvalidInputError
-from model_runtime.types import NOISE_SOURCES, NoiseSource
-
-SEED_MAX = 2**64 - 1
+from model_runtime.types import NOISE_SOURCES, SEED_MAX, NoiseSource
 
 
 def check_seed(seed: int) -> int:

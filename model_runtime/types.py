@@ -20,6 +20,7 @@ NoiseSource = Literal["torch-cpu", "dln1"]
 NOISE_SOURCES: tuple[NoiseSource, ...] = get_args(NoiseSource)
 TASKS: tuple[Task, ...] = get_args(Task)
 GuidanceMode = Literal["none", "cfg"]
+SEED_MAX = 2**64 - 1
 SampleStatus = Literal["succeeded", "canceled"]
 
 F32 = NDArray[np.float32]

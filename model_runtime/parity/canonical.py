@@ -19,9 +19,8 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model_runtime.errors import InvalidInputError
-from model_runtime.noise import SEED_MAX
 from model_runtime.recipe import rgb8_sha256
-from model_runtime.types import SampleSpec
+from model_runtime.types import SEED_MAX, SampleSpec
 
 REQUEST_FORMAT: Literal["dreamlite-parity-request/1"] = "dreamlite-parity-request/1"
 

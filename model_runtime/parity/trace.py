@@ -15,6 +15,7 @@ Stage names, in order (edit-only stages marked *)::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import platform
@@ -123,18 +124,11 @@ def runtime_environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "numpy": np.__version__,
     }
-    try:
-        import onnxruntime
+    from importlib.metadata import PackageNotFoundError, version
 
-        env["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    try:
-        from importlib.metadata import version
-
-        env["onnxruntime_qnn"] = version("onnxruntime-qnn")
-    except Exception:  # package metadata missing: not installed
-        pass
+    for package in ("onnxruntime", "onnxruntime-qnn"):
+        with contextlib.suppress(PackageNotFoundError):
+            env[package.replace("-", "_")] = version(package)
     try:
         flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
         env["cpu_isa"] = ",".join(

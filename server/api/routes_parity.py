@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Header, Request, Response
@@ -29,8 +29,10 @@ from model_runtime.parity.trace import ParityTrace
 from server.api.deps import OwnerDep, SettingsDep
 from server.api.media import decode_base64_image, decode_upload
 from server.api.protocol import ErrorResponse
-from server.engine.parity import ParityJob, ParityService
 from server.errors import InvalidRequestError, NotReadyError
+
+if TYPE_CHECKING:  # the service lives in the engine layer; routes only reach it through app.state
+    from server.engine.parity import ParityJob, ParityService
 
 router = APIRouter(tags=["parity"])
 
