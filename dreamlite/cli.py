@@ -49,8 +49,8 @@ def _quiet_frameworks() -> None:
         return
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()  # type: ignore[no-untyped-call]
+    tlog.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        print(f"dreamlite: error: {type(err).__name__}: {err} (run with --debug for a traceback)", file=sys.stderr)
+        message = f"{type(err).__name__}: {err} (run with --debug for a traceback)"
+        print(f"dreamlite: error: {message}", file=sys.stderr)
         return 1
     return status
