@@ -14,8 +14,12 @@ exporter and parity tools:
 * :class:`GraphDenoiser` / :class:`GraphVaeEncoder` / :class:`GraphVaeDecoder` — the backend contract's
   components over any session with ORT's ``run(output_names, feeds)`` signature (graphs are batch 1: rows
   are run one after another);
-* :class:`HostTextEncoder` — the Qwen3-VL text path, which the bundle does not export (as the official
-  Android export does not): it runs on the host with torch from the bundle's copy of ``text_encoder/``.
+* :class:`OnnxTextEncoder` — the Qwen3-VL text path as the bundle's exported ONNX graphs
+  (``text_encoder_onnx/``: vision tower + language model up to the final norm), run by onnxruntime on the
+  CPU EP with a pinned session, the phone app's text runtime stand-in (no torch);
+* :class:`HostTextEncoder` — the fallback for bundles exported without those graphs: the bundle's copy of
+  ``text_encoder/`` run on the host with torch;
+* :func:`bundle_text_encoder` — which of the two a bundle gets, its encoder id and the facts to report.
 """
 
 from __future__ import annotations
@@ -624,3 +628,195 @@ class HostTextEncoder:
             raise RuntimeError(f"expected one call of the final norm, saw {len(seen)}")
         out: NDArray[np.float32] = seen[0][0].to(torch.float32).numpy().copy()  # (T, D) float32
         return out
+
+
+# ---------------------------------------------------------------------------------------------- text (ONNX)
+TEXT_ENCODER_SESSION: dict[str, Any] = {
+    "provider": "CPUExecutionProvider",
+    "graph_optimization_level": "ORT_ENABLE_BASIC",
+    "intra_op_num_threads": 1,
+    "inter_op_num_threads": 1,
+    "execution_mode": "ORT_SEQUENTIAL",
+    "use_deterministic_compute": True,
+}
+"""Pinned session of the text-encoder graphs (the manifest carries the one parity was measured with)."""
+
+
+def _text_session(path: Path, settings: dict[str, Any]) -> GraphSession:
+    """A CPU-EP session with the pinned settings; load failures name the graph file."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    level = str(settings.get("graph_optimization_level", "ORT_ENABLE_BASIC"))
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.intra_op_num_threads = int(settings.get("intra_op_num_threads", 1))
+    options.inter_op_num_threads = int(settings.get("inter_op_num_threads", 1))
+    options.execution_mode = getattr(ort.ExecutionMode, str(settings.get("execution_mode", "ORT_SEQUENTIAL")))
+    options.use_deterministic_compute = bool(settings.get("use_deterministic_compute", True))
+    options.log_severity_level = 3
+    provider = str(settings.get("provider", "CPUExecutionProvider"))
+    try:
+        session: GraphSession = ort.InferenceSession(str(path), options, providers=[provider])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ModelLoadError(str(path), f"onnxruntime cannot load this text-encoder graph: {err}") from err
+    return session
+
+
+class OnnxTextEncoder:
+    """Qwen3-VL pre-final-norm text features from the bundle's exported graphs (onnxruntime, CPU EP, fp32).
+
+    The phone app's text runtime stand-in: numpy and onnxruntime only. One call pads the prompt's ids
+    right to the graph's static length ``T`` (``attention_mask`` 0 on padding), computes the M-RoPE
+    ``position_ids`` with :func:`model_runtime.text_positions.mrope_position_ids`, runs the vision graph
+    for an edit prompt (the features of a generate prompt are zeros with an all-zero image mask), runs the
+    text graph and returns the real tokens' rows. Sessions open on first use (``preload`` opens the text
+    graph at once; the vision graph opens on the first edit).
+
+    Args:
+        text_path: ``text_encoder_onnx/text.fp32.onnx``.
+        vision_path: ``text_encoder_onnx/vision.fp32.onnx``.
+        layout: Static shapes and ids (``manifest.text.encoder``: ``max_tokens``, ``hidden``,
+            ``pad_token_id``, ``image_token_id``, ``spatial_merge_size``, ``image_grid_thw``,
+            ``pixel_values``, ``image_tokens``, ``deepstack_layers``).
+        session: Pinned session settings (:data:`TEXT_ENCODER_SESSION`).
+        preload: Open the text graph now.
+    """
+
+    def __init__(
+        self,
+        text_path: Path,
+        vision_path: Path,
+        layout: dict[str, Any],
+        session: dict[str, Any] | None = None,
+        *,
+        preload: bool = False,
+    ) -> None:
+        self.text_path = text_path
+        self.vision_path = vision_path
+        self.max_tokens = int(layout["max_tokens"])
+        self.hidden = int(layout["hidden"])
+        self.pad_token_id = int(layout["pad_token_id"])
+        self.image_token_id = int(layout["image_token_id"])
+        self.merge = int(layout["spatial_merge_size"])
+        self.grid = tuple(int(v) for v in layout["image_grid_thw"])
+        self.pixel_shape = tuple(int(v) for v in layout["pixel_values"])
+        self.image_tokens = int(layout["image_tokens"])
+        self.deepstack_layers = int(layout["deepstack_layers"])
+        self.session_settings = dict(session or TEXT_ENCODER_SESSION)
+        self._text: GraphSession | None = None
+        self._vision: GraphSession | None = None
+        self._lock = threading.Lock()
+        self._no_image = (
+            np.zeros((self.image_tokens, self.hidden), dtype=np.float32),  # (N, D)
+            np.zeros((self.deepstack_layers, self.image_tokens, self.hidden), dtype=np.float32),  # (S, N, D)
+        )
+        if preload:
+            self._session("text")
+
+    @classmethod
+    def from_layout(
+        cls, root: Path, text_rel: str, vision_rel: str, layout: dict[str, Any], session: dict[str, Any]
+    ) -> OnnxTextEncoder:
+        """An encoder over graphs under ``root`` (used by the exporter before the manifest exists)."""
+        return cls(root / text_rel, root / vision_rel, layout, session)
+
+    def _session(self, which: str) -> GraphSession:
+        with self._lock:
+            if which == "text":
+                if self._text is None:
+                    self._text = _text_session(self.text_path, self.session_settings)
+                return self._text
+            if self._vision is None:
+                self._vision = _text_session(self.vision_path, self.session_settings)
+            return self._vision
+
+    def _image_features(self, inputs: TextEncoderInput) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        pixels = inputs.pixel_values
+        assert pixels is not None
+        grid = tuple(int(v) for v in np.asarray(inputs.image_grid_thw, dtype=np.int64).reshape(-1))
+        if tuple(pixels.shape) != self.pixel_shape or grid != self.grid:
+            raise InvalidInputError(
+                "image",
+                "VLM patches do not match this bundle's fixed VLM image size.",
+                allowed=f"pixel_values {list(self.pixel_shape)}, image_grid_thw {list(self.grid)}",
+                given=f"pixel_values {list(pixels.shape)}, image_grid_thw {list(grid)}",
+            )
+        feeds = {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)}  # (P, K) float32
+        embeds, deepstack = self._session("vision").run(None, feeds)  # (N, D), (S, N, D) float32
+        return np.asarray(embeds, dtype=np.float32), np.asarray(deepstack, dtype=np.float32)
+
+    def __call__(self, inputs: TextEncoderInput) -> NDArray[np.float32]:
+        """``(T, D)`` float32 hidden states of the last decoder layer, before the final norm (real tokens)."""
+        from model_runtime.text_positions import mrope_position_ids, pad_right
+
+        real = np.asarray(inputs.input_ids, dtype=np.int64).reshape(-1)  # (T,) int64
+        ids, mask = pad_right(real, self.max_tokens, self.pad_token_id)  # (1, L), (1, L) int64
+        if inputs.pixel_values is None:
+            positions = mrope_position_ids(real, -1, None, self.merge, self.max_tokens)  # (3, 1, L): 0 … L−1
+            image_mask = np.zeros((1, self.max_tokens), dtype=np.int64)  # (1, L)
+            embeds, deepstack = self._no_image
+        else:
+            found = int((real == self.image_token_id).sum())
+            if found != self.image_tokens:
+                raise InvalidInputError(
+                    "image",
+                    "tokens in the prompt do not match this bundle's VLM image.",
+                    allowed=f"{self.image_tokens} image tokens",
+                    given=found,
+                )
+            grid = np.asarray([self.grid], dtype=np.int64)  # (1, 3)
+            positions = mrope_position_ids(real, self.image_token_id, grid, self.merge, self.max_tokens)
+            image_mask = (ids == self.image_token_id).astype(np.int64) * mask  # (1, L) int64
+            embeds, deepstack = self._image_features(inputs)
+        feeds = {
+            "input_ids": ids,  # (1, L) int64
+            "attention_mask": mask,  # (1, L) int64
+            "position_ids": positions,  # (3, 1, L) int64
+            "image_mask": image_mask,  # (1, L) int64
+            "image_embeds": embeds,  # (N, D) float32
+            "deepstack_embeds": deepstack,  # (S, N, D) float32
+        }
+        hidden = self._session("text").run(None, feeds)[0]  # (1, L, D) float32
+        out: NDArray[np.float32] = np.ascontiguousarray(hidden[0, : real.shape[0]], dtype=np.float32)
+        return out  # (T, D) float32
+
+    def close(self) -> None:
+        """Drop the sessions."""
+        with self._lock:
+            self._text = self._vision = None
+
+
+def bundle_text_encoder(bundle: Bundle, *, preload: bool = False) -> tuple[Any, str, dict[str, Any]]:
+    """The text encoder a bundle backend uses, its encoder id (prompt-cache key) and the facts to report.
+
+    :class:`OnnxTextEncoder` when the manifest records exported graphs (``text.encoder.runtime == "onnx"``),
+    else :class:`HostTextEncoder` over ``text_encoder/``.
+
+    Returns:
+        ``(encoder, encoder_id, details)``; ``details`` goes to ``BackendInfo.details["text_encoder"]``.
+    """
+    facts = dict(bundle.manifest.text.encoder)
+    if facts.get("runtime") == "onnx":
+        graphs = facts["graphs"]
+        encoder = OnnxTextEncoder(
+            bundle.path(graphs["text"]["path"]),
+            bundle.path(graphs["vision"]["path"]),
+            facts,
+            facts.get("session"),
+            preload=preload,
+        )
+        text_sha, vision_sha = graphs["text"]["sha256"], graphs["vision"]["sha256"]
+        details = {
+            "runtime": "onnx",
+            "component": "OnnxTextEncoder",
+            "provider": encoder.session_settings.get("provider", "CPUExecutionProvider"),
+            "session_options": encoder.session_settings,
+            "graph_sha256": {"text": text_sha, "vision": vision_sha},
+            "max_tokens": encoder.max_tokens,
+            "parity_max_abs": facts.get("parity", {}).get("max_abs"),
+            "host_fallback": facts.get("host_fallback"),
+        }
+        return encoder, f"onnx:{text_sha[:16]}:{vision_sha[:16]}:float32", details
+    te_sha = bundle.manifest.files.get("text_encoder/model.safetensors")
+    encoder_id = f"host-torch:{te_sha.sha256[:16] if te_sha else bundle.bundle_id[:16]}:float32"
+    return HostTextEncoder(bundle.path("text_encoder")), encoder_id, {**facts, "component": "HostTextEncoder"}

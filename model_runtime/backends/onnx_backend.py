@@ -4,9 +4,10 @@ The backend runs the very files QA ships (hash-checked against the bundle manife
 re-export: one ``InferenceSession`` per (component, working size), batch-1 static graphs fed one row at a
 time. The session settings default to the bundle's *reference session* (graph optimisation level, thread
 counts, deterministic compute), recorded in the manifest, so two servers produce the same bits; any
-override is reported in ``BackendInfo.details``. The text encoder is the bundle's host component
-(:class:`model_runtime.bundle.HostTextEncoder`, torch on the CPU): Qwen3-VL is not exported, as in the
-official Android export.
+override is reported in ``BackendInfo.details``. The text encoder is the bundle's exported Qwen3-VL graphs
+(:class:`model_runtime.bundle.OnnxTextEncoder`: onnxruntime, CPU EP, the manifest's pinned session, no
+torch) when the bundle has them, else its host component (:class:`model_runtime.bundle.HostTextEncoder`,
+torch on the CPU); ``details["text_encoder"]`` says which, and the two have different encoder ids.
 
 On ``w8a16`` graphs the CPU EP evaluates the QDQ graph by dequantising between ops; that is a fast sanity
 reference, not what the HTP computes (see the ``qnn`` backend for that).
@@ -26,8 +27,8 @@ from model_runtime.bundle import (
     GraphSession,
     GraphVaeDecoder,
     GraphVaeEncoder,
-    HostTextEncoder,
     SessionTable,
+    bundle_text_encoder,
     open_bundle,
 )
 from model_runtime.errors import BackendUnavailableError, InvalidInputError, ModelLoadError
@@ -129,7 +130,8 @@ class OnnxBackend:
         self.sessions = SessionTable(factory=self._open, sizes=sizes)
         if preload:
             self.sessions.open_all(("unet", "vae_decoder", "vae_encoder"))
-        self.text_encoder: TextEncoder = HostTextEncoder(bundle.path("text_encoder"))
+        text_encoder, encoder_id, text_facts = bundle_text_encoder(bundle, preload=preload)
+        self.text_encoder: TextEncoder = text_encoder
         self.denoiser: Denoiser = GraphDenoiser(self.sessions, self.spec.vae_scale)
         self.vae_encoder: VaeEncoder = GraphVaeEncoder(self.sessions)
         self.vae_decoder: VaeDecoder = GraphVaeDecoder(self.sessions, self.spec.vae_scale)
@@ -137,13 +139,12 @@ class OnnxBackend:
         provider = self.providers[0] if isinstance(self.providers[0], str) else self.providers[0][0]
         if self._effective:
             provider = sorted(self._effective)[0] if CUDA_EP not in self._effective else CUDA_EP
-        te_sha = manifest.files.get("text_encoder/model.safetensors")
         self.info = BackendInfo(
             name="onnx",
             device=device_name,
             dtype="float32",
             provider=provider,
-            encoder_id=f"host-torch:{te_sha.sha256[:16] if te_sha else bundle.bundle_id[:16]}:float32",
+            encoder_id=encoder_id,
             details={
                 "bundle_id": bundle.bundle_id,
                 "graph_sha256": graphs,
@@ -152,7 +153,7 @@ class OnnxBackend:
                 "session_options": self.session_settings,
                 "reference_session": self.session_settings == reference,
                 "onnxruntime": ort.__version__,
-                "text_encoder": manifest.text.encoder,
+                "text_encoder": text_facts,
             },
         )
         logger.info(

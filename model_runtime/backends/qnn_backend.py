@@ -19,7 +19,9 @@ no node silently leaves the HTP.
   105 runs. As a guard, each call runs until the same output bytes came out ``agreement`` times (default
   2; ``agreement=1`` runs once), and ``details["emulator_runs"]`` counts calls, runs and calls whose runs
   disagreed, so a non-reproducible binary is visible instead of silently changing a reference.
-* The text encoder is the bundle's host component (torch), as for the ``onnx`` backend.
+* The text encoder is the bundle's exported Qwen3-VL graphs on onnxruntime's CPU EP
+  (:class:`model_runtime.bundle.OnnxTextEncoder`, pinned session, no torch — a phone app's text runtime
+  stand-in), or the torch host component for bundles exported without them, as for the ``onnx`` backend.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ from model_runtime.bundle import (
     GraphSession,
     GraphVaeDecoder,
     GraphVaeEncoder,
-    HostTextEncoder,
     SessionTable,
     TargetEntry,
+    bundle_text_encoder,
     open_bundle,
 )
 from model_runtime.errors import BackendUnavailableError, InferenceError, InvalidInputError, ModelLoadError
@@ -274,11 +276,11 @@ class QnnBackend:
             self.provider = CPU_EP
             self.sessions = SessionTable(factory=self._open_cpu, sizes=sizes)
             self.sessions.open_all(COMPONENTS)
-        self.text_encoder: TextEncoder = HostTextEncoder(bundle.path("text_encoder"))
+        text_encoder, encoder_id, text_facts = bundle_text_encoder(bundle, preload=True)
+        self.text_encoder: TextEncoder = text_encoder
         self.denoiser: Denoiser = GraphDenoiser(self.sessions, self.spec.vae_scale)
         self.vae_encoder: VaeEncoder = GraphVaeEncoder(self.sessions)
         self.vae_decoder: VaeDecoder = GraphVaeDecoder(self.sessions, self.spec.vae_scale)
-        te_sha = manifest.files.get("text_encoder/model.safetensors")
         details: dict[str, Any] = {
             "bundle_id": bundle.bundle_id,
             "target": target.name,
@@ -295,7 +297,7 @@ class QnnBackend:
             "emulator_runs": self.emulator_runs,
             "session_options": self.session_config,
             "sizes": [f"{w}x{h}" for w, h in sizes],
-            "text_encoder": manifest.text.encoder,
+            "text_encoder": text_facts,
             "exported_with": manifest.qnn.get("versions", {}),
         }
         if versions:
@@ -311,7 +313,7 @@ class QnnBackend:
             device=target.name,
             dtype="float32",
             provider=self.provider,
-            encoder_id=f"host-torch:{te_sha.sha256[:16] if te_sha else bundle.bundle_id[:16]}:float32",
+            encoder_id=encoder_id,
             details=details,
         )
         logger.info(

@@ -4,6 +4,8 @@ Stages (each module's docstring says what it does and why):
 
 1. host files — tokenizer, processor config, scheduler config, DLN-1 golden vectors and the host text
    encoder copied into the bundle;
+1b. text encoder ONNX — Qwen3-VL's vision tower and language model (to the pre-final-norm states) as two
+   static graphs (:mod:`.text_encoder`; skipped with ``--no-text-encoder-onnx``);
 2. ONNX fp32 per working size (:mod:`.onnx_export`), optional norm fusion for the float graphs (:mod:`.fuse`);
 3. fp16 (:mod:`.fp16`);
 4. calibration recorded from the torch pipeline (:mod:`.calibration`) → QDQ w8a16 (:mod:`.quantize`);
@@ -44,9 +46,9 @@ logger = logging.getLogger(__name__)
 
 COMPONENTS = ("unet", "vae_decoder", "vae_encoder")
 TEXT_ENCODER_REASON = (
-    "Qwen3-VL is not exported, as in the official Android export: the vision tower, deepstack features and "
-    "interleaved M-RoPE are QNN-unfriendly. A phone app computes the features with its own LLM runtime; "
-    "the server runs this bundle's text_encoder/ on torch (host component) and feeds the UNet graph."
+    "Qwen3-VL was not exported (--no-text-encoder-onnx), as in the official Android export. A phone app "
+    "computes the features with its own LLM runtime; the server runs this bundle's text_encoder/ on torch "
+    "(host component) and feeds the UNet graph."
 )
 
 
@@ -270,6 +272,19 @@ class _Exporter:
         self.targets: list[dict[str, Any]] = []
         self.parity: dict[str, Any] = {"graphs": {}, "e2e": {}}
         self.qnn_timings: dict[str, Any] = {}
+        self.text_encoder: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- 1b. text encoder ONNX
+    def export_text_encoder(self) -> None:
+        from model_runtime.export.text_encoder import export_text_encoder
+
+        cfg = self.folder.config
+        max_tokens = self.config.text_max_tokens or self.config.seq_len + max(
+            cfg.drop_idx_generate, cfg.drop_idx_edit
+        )
+        host = "text_encoder" if self.config.text_encoder == "copy" else None
+        result = export_text_encoder(self.folder, self.out, max_tokens, self.config.opset, host)
+        self.text_encoder = result.manifest
 
     # ---------------------------------------------------------------- 2. fp32 (+ fusion)
     def export_fp32(self, models: Any) -> None:
@@ -478,7 +493,8 @@ class _Exporter:
                 "tokenizer": "tokenizer/tokenizer.json",
                 "tokenizer_sha256": tokenizer.sha256,
                 "processor_config": "processor/preprocessor_config.json",
-                "encoder": {
+                "encoder": self.text_encoder
+                or {
                     "exported": False,
                     "runtime": "host",
                     "framework": "torch + transformers (Qwen3VLForConditionalGeneration), float32, CPU",
@@ -655,6 +671,10 @@ def _run_stages(
         clock = ex.clock
         with clock.stage("host_files"):
             _copy_host_files(folder, partial, config)
+        if config.text_encoder_onnx:
+            with clock.stage("text_encoder_onnx"):
+                ex.export_text_encoder()
+            gc.collect()
         # Everything the torch pipeline must compute (calibration, parity references) happens first; then
         # the text encoder (8 GB in float32 for the real model) is released before the memory-hungry
         # export and quantization stages, whose graphs are traced from the same UNet/VAE modules.

@@ -82,6 +82,17 @@ def register(sub: Any) -> None:
         "--text-encoder", default="copy", choices=["copy", "none"], help="ship the host text encoder"
     )
     ex.add_argument(
+        "--no-text-encoder-onnx",
+        action="store_true",
+        help="do not export Qwen3-VL to ONNX (the bundle backends then run the torch host copy)",
+    )
+    ex.add_argument(
+        "--text-max-tokens",
+        type=int,
+        default=None,
+        help="static token length of the text-encoder graph (default: seq-len + the larger drop_idx)",
+    )
+    ex.add_argument(
         "--threads", type=int, default=1, help="torch threads for calibration and tracing (default 1)"
     )
     ex.add_argument("--force", action="store_true", help="replace an existing bundle folder")
@@ -123,6 +134,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         parity_qnn=not args.no_parity_qnn,
         qnn_parity_samples=args.qnn_parity_samples,
         text_encoder=args.text_encoder,
+        text_encoder_onnx=not args.no_text_encoder_onnx,
+        text_max_tokens=args.text_max_tokens,
         threads=args.threads,
     )
 

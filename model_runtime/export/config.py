@@ -76,6 +76,10 @@ class ExportConfig:
         parity_qnn: Also measure the QNN emulator (slow on big models).
         qnn_parity_samples: Held-out samples per graph scored on the emulator (0 = all).
         text_encoder: ``copy`` (the bundle carries ``text_encoder/``, hard-linked when possible) or ``none``.
+        text_encoder_onnx: Export Qwen3-VL as ONNX graphs (``text_encoder_onnx/``), which the bundle
+            backends then run instead of the torch host copy.
+        text_max_tokens: Static token length of the text-encoder graph (template and image tokens
+            included); None = ``seq_len`` + the larger ``drop_idx``.
         threads: torch threads for the export's torch work (calibration runs, tracing). Default 1: on a
             shared 2-core box two OpenMP threads stalled behind other jobs (tiny-model calibration 22.8 s
             with 2 threads vs 0.45 s with 1, measured side by side).
@@ -95,6 +99,8 @@ class ExportConfig:
     parity_qnn: bool = True
     qnn_parity_samples: int = 4
     text_encoder: str = "copy"
+    text_encoder_onnx: bool = True
+    text_max_tokens: int | None = None
     threads: int = 1
 
     def validate(self) -> ExportConfig:
@@ -119,4 +125,8 @@ class ExportConfig:
             raise InvalidInputError("--threads", "is out of range.", allowed="1 … 256", given=self.threads)
         if self.text_encoder not in ("copy", "none"):
             raise InvalidInputError.one_of("--text-encoder", ["copy", "none"], self.text_encoder)
+        if self.text_max_tokens is not None and not 1 <= self.text_max_tokens <= 32768:
+            raise InvalidInputError(
+                "--text-max-tokens", "is out of range.", allowed="1 … 32768", given=self.text_max_tokens
+            )
         return self
