@@ -23,6 +23,10 @@ REGISTRARS: list[tuple[str, str]] = [
 ]
 
 
+# Commands that must run without torch (a phone stand-in); importing diffusers/transformers would load it.
+TORCH_FREE_COMMANDS = {"device-sim", "bundle-verify"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every available sub-command."""
     parser = argparse.ArgumentParser(prog="dreamlite", description="DreamLite serving, runtime and QA tools")
@@ -58,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    _quiet_frameworks()
+    if args.command not in TORCH_FREE_COMMANDS:
+        _quiet_frameworks()
     from model_runtime.errors import ModelRuntimeError
 
     try:

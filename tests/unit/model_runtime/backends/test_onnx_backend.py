@@ -68,7 +68,7 @@ def test_backend_reports_bundle_graphs_and_provider(onnx_fp32: Any, built_bundle
     assert info.details["bundle_id"] == summary["bundle_id"] == onnx_fp32.backend.artifact_sha256()
     assert set(info.details["graph_sha256"]) == {"unet/64x64", "vae_decoder/64x64", "vae_encoder/64x64"}
     assert info.details["reference_session"] is True
-    assert info.details["text_encoder"]["runtime"] == "host"
+    assert info.details["text_encoder"]["runtime"] == "onnx"
     result = onnx_fp32.run([cases()[0]])[0]
     recipe = build_recipe(result, onnx_fp32)
     assert recipe["bundle_id"] == summary["bundle_id"]

@@ -86,7 +86,7 @@ def test_schedule_tables_are_the_samplers_bits(manifest: dict[str, Any]) -> None
 def test_manifest_records_provenance_quantization_qnn_and_parity(manifest: dict[str, Any]) -> None:
     assert manifest["noise"]["spec"] == "dln1"
     assert manifest["text"]["seq_len"] == SEQ_LEN
-    assert manifest["text"]["encoder"]["runtime"] == "host"
+    assert manifest["text"]["encoder"]["runtime"] == "onnx"
     tok = TINY_MODEL / "tokenizer" / "tokenizer.json"
     assert manifest["text"]["tokenizer_sha256"] == hashlib.sha256(tok.read_bytes()).hexdigest()
     src = manifest["model"]["source"]["files"]
