@@ -154,6 +154,7 @@ class OnnxBackend:
                 "reference_session": self.session_settings == reference,
                 "onnxruntime": ort.__version__,
                 "text_encoder": text_facts,
+                "parity_tolerances": manifest.parity.get("tolerances"),
             },
         )
         logger.info(

@@ -298,6 +298,7 @@ class QnnBackend:
             "session_options": self.session_config,
             "sizes": [f"{w}x{h}" for w, h in sizes],
             "text_encoder": text_facts,
+            "parity_tolerances": manifest.parity.get("tolerances"),
             "exported_with": manifest.qnn.get("versions", {}),
         }
         if versions:

@@ -731,6 +731,19 @@ def _run_stages(
             with clock.stage("parity_e2e"):
                 _e2e(ex, reference, default_steps)
             bundle_id = write_manifest(partial, ex.manifest(calibration or empty_calibration))
+        if config.parity != "none" and config.parity_qnn and config.targets and config.parity_calibration > 0:
+            from model_runtime.parity.calibrate import calibrate, write_tolerances
+
+            with clock.stage("parity_calibration"):
+                record = calibrate(
+                    partial,
+                    target=config.targets[0],
+                    size=ex.sizes[0],
+                    steps=default_steps,
+                    count=config.parity_calibration,
+                )
+                bundle_id = write_tolerances(partial, record)
+                ex.parity["tolerances"] = record["tolerances"]
         sizes_bytes = {
             rel.relative_to(partial).as_posix(): rel.stat().st_size
             for rel in sorted(partial.rglob("*"))

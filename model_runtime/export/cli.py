@@ -79,6 +79,13 @@ def register(sub: Any) -> None:
         "--no-parity-qnn", action="store_true", help="skip emulator parity runs (slow on the real model)"
     )
     ex.add_argument(
+        "--parity-calibration",
+        type=int,
+        default=4,
+        metavar="N",
+        help="requests used to calibrate the manifest's parity tolerances on the emulator (0: defaults)",
+    )
+    ex.add_argument(
         "--text-encoder", default="copy", choices=["copy", "none"], help="ship the host text encoder"
     )
     ex.add_argument(
@@ -133,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         parity=args.parity,
         parity_qnn=not args.no_parity_qnn,
         qnn_parity_samples=args.qnn_parity_samples,
+        parity_calibration=args.parity_calibration,
         text_encoder=args.text_encoder,
         text_encoder_onnx=not args.no_text_encoder_onnx,
         text_max_tokens=args.text_max_tokens,

@@ -75,6 +75,8 @@ class ExportConfig:
         parity: ``full`` (graphs + end-to-end images), ``graphs`` or ``none``.
         parity_qnn: Also measure the QNN emulator (slow on big models).
         qnn_parity_samples: Held-out samples per graph scored on the emulator (0 = all).
+        parity_calibration: Requests used to calibrate the declared parity tolerances (emulator vs
+            CPU-EP QDQ, with a seed+1 negative control; 0 = keep the defaults).
         text_encoder: ``copy`` (the bundle carries ``text_encoder/``, hard-linked when possible) or ``none``.
         text_encoder_onnx: Export Qwen3-VL as ONNX graphs (``text_encoder_onnx/``), which the bundle
             backends then run instead of the torch host copy.
@@ -98,6 +100,7 @@ class ExportConfig:
     parity: str = "full"
     parity_qnn: bool = True
     qnn_parity_samples: int = 4
+    parity_calibration: int = 4
     text_encoder: str = "copy"
     text_encoder_onnx: bool = True
     text_max_tokens: int | None = None

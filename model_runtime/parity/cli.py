@@ -87,6 +87,19 @@ def register(sub: Any) -> None:
     _add_executor_options(bisect)
     bisect.set_defaults(handler=cmd_bisect)
 
+    cal = psub.add_parser(
+        "calibrate", help="measure a bundle's parity tolerances (benign pairs, negative controls)"
+    )
+    cal.add_argument("--bundle", required=True, metavar="DIR")
+    cal.add_argument("--target", default="sm8650")
+    cal.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the bundle's first size)")
+    cal.add_argument("--steps", type=int, default=None, help="default: the model's steps")
+    cal.add_argument("--count", type=int, default=4, help="requests (generate and edit alternating)")
+    cal.add_argument(
+        "--write", action="store_true", help="store the tolerances in the manifest (new bundle id)"
+    )
+    cal.set_defaults(handler=cmd_calibrate)
+
     vectors = psub.add_parser("vectors", help="check a DLN-1 port's vector file against the golden vectors")
     vectors.add_argument("--file", required=True, metavar="PORT.json")
     vectors.set_defaults(handler=cmd_vectors)
@@ -249,6 +262,27 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         return 0
     outcome = replay_report(pipeline, device.request, stage, dev_tensors, _tolerances(args, pipeline))
     print(json.dumps({"first_divergent_stage": report.first_divergent_stage, **outcome}, indent=1))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``parity calibrate``."""
+    from model_runtime.bundle import open_bundle
+    from model_runtime.cli import parse_size
+    from model_runtime.parity.calibrate import calibrate, write_tolerances
+
+    bundle = Path(args.bundle)
+    manifest = open_bundle(bundle).manifest
+    if args.size:
+        size = parse_size(args.size)
+    else:
+        first = manifest.schedules[0]
+        size = (first.width, first.height)
+    steps = args.steps or manifest.pipeline.default_steps
+    record = calibrate(bundle, target=args.target, size=size, steps=steps, count=args.count)
+    if args.write:
+        record["bundle_id"] = write_tolerances(bundle, record)
+    print(json.dumps(record, indent=1))
     return 0
 
 

@@ -92,7 +92,7 @@ def render_report(
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; font-size: 13px; }}
-.images {{ display: flex; gap: 1em; }} .images img {{ max-width: 320px; image-rendering: pixelated; border: 1px solid #888; }}
+.images {{ display: flex; gap: 1em; }} .images img {{ width: 256px; image-rendering: pixelated; border: 1px solid #888; }}
 #verdict {{ font-size: 1.4em; font-weight: bold; color: {_COLOURS[verdict]}; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>

@@ -39,6 +39,8 @@ EXPORT_ARGS = [
     "2",
     "--parity",
     "graphs",
+    "--parity-calibration",
+    "2",
 ]
 
 
