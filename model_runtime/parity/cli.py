@@ -51,6 +51,19 @@ def register(sub: Any) -> None:
     parity = sub.add_parser("parity", help="phone ↔ server parity tools for QA")
     psub = parity.add_subparsers(dest="parity_command", required=True, metavar="ACTION")
 
+    req = psub.add_parser("request", help="write a canonical request (its request_id is printed)")
+    req.add_argument("--task", default="generate", choices=["generate", "edit"])
+    req.add_argument("--prompt", required=True)
+    req.add_argument("--seed", type=int, default=42)
+    req.add_argument("--size", default=None, help="working WIDTHxHEIGHT (default: the bundle's first size)")
+    req.add_argument("--image", help="edit source (its RGB8 sha256 goes into the request)")
+    req.add_argument("--steps", type=int, default=None, help="default: the model's steps")
+    req.add_argument("--noise", default="dln1", choices=["dln1", "torch-cpu"])
+    req.add_argument("--bundle", metavar="DIR", help="pin the request to this bundle's id (and its sizes)")
+    req.add_argument("--target", default=None, help="QNN target the trace is for, e.g. sm8650")
+    req.add_argument("--out", required=True, metavar="REQ.json")
+    req.set_defaults(handler=cmd_request)
+
     run = psub.add_parser("run", help="reference trace of a canonical request")
     run.add_argument("--request", required=True, metavar="REQ.json")
     run.add_argument("--image", help="edit source (must match the request's hash)")
@@ -127,6 +140,47 @@ def _tolerances(args: argparse.Namespace, pipeline: Any | None) -> Any:
         return Tolerances.model_validate_json(Path(args.tolerances).read_text())
     declared = None if pipeline is None else pipeline.backend.info.details.get("parity_tolerances")
     return Tolerances.model_validate(declared) if declared else Tolerances()
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    """``parity request``."""
+    from model_runtime.cli import parse_size
+    from model_runtime.parity.canonical import CanonicalRequest
+
+    bundle_id = None
+    size = parse_size(args.size) if args.size else None
+    steps = args.steps
+    if args.bundle:
+        from model_runtime.bundle import open_bundle
+
+        opened = open_bundle(Path(args.bundle))
+        bundle_id = opened.bundle_id
+        size = size or (opened.manifest.schedules[0].width, opened.manifest.schedules[0].height)
+        steps = steps or opened.manifest.pipeline.default_steps
+    if size is None:
+        raise InvalidInputError(
+            "--size", "is required without --bundle.", allowed="e.g. 1024x1024", given=None
+        )
+    image = _read_image(args.image)
+    if args.task == "edit" and image is None:
+        raise InvalidInputError("--image", "is required for an edit request.", given=None)
+    out_size = (image.shape[1], image.shape[0]) if image is not None else size
+    request = CanonicalRequest.create(
+        task=args.task,
+        prompt=args.prompt,
+        seed=args.seed,
+        width=out_size[0],
+        height=out_size[1],
+        steps=steps or 4,
+        noise=args.noise,
+        image=image,
+        working_size=size,
+        bundle_id=bundle_id,
+        target=args.target,
+    )
+    Path(args.out).write_bytes(request.canonical_json())
+    print(json.dumps({"request_id": request.request_id, "out": args.out}))
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -261,3 +261,35 @@ def test_changed_unet_weight_bundle_diverges_at_the_first_unet_call(
     assert report["first_divergent_stage"] == "step0.unet_out"
     assert report["verdict"] != "bit_exact"
     assert any(d["field"] == "executor.bundle_id" for d in report["environment_diff"])
+
+
+def test_parity_request_command_pins_the_bundle(built_bundle: Any, tmp_path: Path) -> None:
+    bundle, _ = built_bundle
+    out = tmp_path / "req.json"
+    proc = dreamlite(
+        "parity",
+        "request",
+        "--prompt",
+        "cafe\u0301",
+        "--seed",
+        "7",
+        "--bundle",
+        str(bundle),
+        "--target",
+        TARGET,
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    from model_runtime.parity.canonical import load_request
+
+    req = load_request(out.read_bytes())
+    assert req.prompt == "café"
+    assert req.bundle_id == bundle_id(bundle)
+    assert (req.working_width, req.working_height, req.noise) == (SIZE[0], SIZE[1], "dln1")
+    assert json.loads(proc.stdout)["request_id"] == req.request_id
+    missing = dreamlite(
+        "parity", "request", "--task", "edit", "--prompt", "x", "--bundle", str(bundle), "--out", str(out)
+    )
+    assert missing.returncode == 2
+    assert "`--image`" in missing.stderr
