@@ -68,12 +68,16 @@ class EdgeMiddleware:
         app: The wrapped app.
         metrics: Where to count requests.
         max_body_bytes: Largest request body accepted (413 above).
+        parity_max_body_bytes: The limit for ``/v1/parity/*`` (device traces carry tensors).
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, parity_max_body_bytes: int | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.parity_max_body_bytes = parity_max_body_bytes or max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
@@ -97,25 +101,30 @@ class EdgeMiddleware:
             await send(message)
 
         received = 0
+        limit = (
+            self.parity_max_body_bytes
+            if str(scope.get("path", "")).startswith("/v1/parity/")
+            else self.max_body_bytes
+        )
 
         async def receive_wrapper() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise _RequestTooLargeError
             return message
 
         try:
             declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                await _send_error(send_wrapper, _too_large(self.max_body_bytes))
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                await _send_error(send_wrapper, _too_large(limit))
                 return
             try:
                 await self.app(scope, receive_wrapper, send_wrapper)
             except _RequestTooLargeError:
-                await _send_error(send_wrapper, _too_large(self.max_body_bytes))
+                await _send_error(send_wrapper, _too_large(limit))
         finally:
             self.metrics.http_requests.labels(
                 route=_route_of(scope), method=scope["method"], code=str(status["code"])
@@ -233,8 +242,11 @@ def create_app(
     for module in (routes_images, routes_jobs, routes_ops, routes_ws, routes_parity):
         app.include_router(module.router)
     _install_error_handlers(app, metrics)
-    max_body = max(settings.limits.max_upload_bytes, settings.parity.max_upload_bytes) * 4 // 3 + 1024 * 1024
-    app.add_middleware(EdgeMiddleware, metrics=metrics, max_body_bytes=max_body)
+    max_body = settings.limits.max_upload_bytes * 4 // 3 + 1024 * 1024
+    parity_body = settings.parity.max_upload_bytes * 4 // 3 + 1024 * 1024
+    app.add_middleware(
+        EdgeMiddleware, metrics=metrics, max_body_bytes=max_body, parity_max_body_bytes=parity_body
+    )
     return app
 
 
