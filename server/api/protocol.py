@@ -47,6 +47,15 @@ class _ImageOptions(_Wire):
         description="Initial-noise seed 0 … 2**64-1. Omitted or null: the server draws one and returns it.",
     )
     steps: int | None = Field(default=None, description="Denoising steps (default: the model's, 4).")
+    guidance_scale: float | None = Field(
+        default=None,
+        description="Text guidance (DreamLite-base only; the distilled mobile model runs without guidance "
+        "and rejects it). Default: the model's (base: 3.5).",
+    )
+    image_guidance_scale: float | None = Field(
+        default=None,
+        description="Image guidance for edits (DreamLite-base only). Default: the model's (1.0).",
+    )
     noise: Literal["torch-cpu", "dln1"] = Field(
         default="torch-cpu",
         description="Noise source: torch-cpu (bit-identical to the official seeds) or dln1 (portable).",

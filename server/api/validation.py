@@ -53,14 +53,16 @@ def _output_size(
     height = getattr(body, "height", None)
     if body.size is not None and (width is not None or height is not None):
         raise InvalidRequestError.field("size", "cannot be combined with `width`/`height`.", given=body.size)
-    if body.size is not None and body.size != "auto":
-        width, height = parse_size(body.size, "size")
+    from_size = body.size is not None and body.size != "auto"
+    if from_size:
+        width, height = parse_size(body.size, "size")  # type: ignore[arg-type]
     if (width is None) != (height is None):
         missing = "height" if height is None else "width"
         raise InvalidRequestError.field(missing, "must be given together with the other side.")
     if width is not None and height is not None:
-        _check_side("width", width, settings, multiple)
-        _check_side("height", height, settings, multiple)
+        # Name the field the client actually sent (`size` "WxH", or `width` / `height`).
+        _check_side("size" if from_size else "width", width, settings, multiple)
+        _check_side("size" if from_size else "height", height, settings, multiple)
     return width, height
 
 
@@ -143,6 +145,8 @@ def validate_generation(
         start_timeout_s=body.timeout_s or settings.queue.default_start_timeout_s,
         previews=body.previews,
         model=body.model,
+        guidance_scale=body.guidance_scale,
+        image_guidance_scale=body.image_guidance_scale,
     )
 
 
@@ -188,6 +192,8 @@ def validate_edit(
         start_timeout_s=body.timeout_s or settings.queue.default_start_timeout_s,
         previews=body.previews,
         model=body.model,
+        guidance_scale=body.guidance_scale,
+        image_guidance_scale=body.image_guidance_scale,
     )
 
 

@@ -121,6 +121,8 @@ class JobRequest:
         start_timeout_s: The job fails with 504 if it has not started by then.
         previews: Emit low-resolution ``job.preview`` events after each step.
         model: The model id asked for (already checked).
+        guidance_scale: Text guidance (base models), or None for the model's default.
+        image_guidance_scale: Image guidance for edits (base models), or None.
     """
 
     task: Task
@@ -140,6 +142,8 @@ class JobRequest:
     start_timeout_s: float = 120.0
     previews: bool = False
     model: str | None = None
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
 
     def spec(self, index: int) -> SampleSpec:
         """The runtime spec of image ``index`` (seed + index)."""
@@ -153,6 +157,8 @@ class JobRequest:
             noise=self.noise,
             image=self.image,
             working_size=self.working_size,
+            guidance_scale=self.guidance_scale,
+            image_guidance_scale=self.image_guidance_scale,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -167,6 +173,8 @@ class JobRequest:
             "height": self.height,
             "steps": self.steps,
             "noise": self.noise,
+            "guidance_scale": self.guidance_scale,
+            "image_guidance_scale": self.image_guidance_scale,
             "output_format": self.output.format,
             "output_compression": self.output.quality,
             "response_format": self.output.response_format,

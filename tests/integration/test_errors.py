@@ -55,7 +55,7 @@ def strict_client(runtime_loader: RuntimeLoader) -> Iterator[TestClient]:
 @pytest.mark.parametrize(
     ("body", "param", "needle"),
     [
-        ({"prompt": "x", "size": "1000x256"}, "width", "Given: 1000"),
+        ({"prompt": "x", "size": "1000x256"}, "size", "Given: 1000"),
         ({"prompt": "x", "size": "big"}, "size", "WIDTHxHEIGHT"),
         ({"prompt": "x", "width": 64}, "height", "together"),
         ({"prompt": "x", "n": 5}, "n", "Given: 5"),
@@ -210,3 +210,14 @@ def test_not_ready_is_503_with_retry_after(runtime_loader: RuntimeLoader) -> Non
             _assert_error(client.post("/v1/generate", json={"prompt": "x"}), 503, "not_ready")
         finally:
             gate.set()
+
+
+def test_guidance_is_refused_by_the_mobile_model(client: TestClient) -> None:
+    """The distilled mobile model runs without guidance: asking for it is a 400 naming the field."""
+    error = _assert_error(
+        client.post("/v1/generate", json={"prompt": "x", "size": "64x64", "guidance_scale": 3.0}),
+        400,
+        "invalid_request",
+        "guidance_scale",
+    )
+    assert "without guidance" in error["message"]

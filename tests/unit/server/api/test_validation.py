@@ -41,8 +41,8 @@ def test_generation_defaults_draw_a_seed_and_keep_sizes_open() -> None:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"size": "1000x512"}, "width"),
-        ({"size": "512x20"}, "height"),
+        ({"size": "1000x512"}, "size"),
+        ({"size": "512x20"}, "size"),
         ({"size": "512x512", "width": 512}, "size"),
         ({"n": 5}, "n"),
         ({"prompt": "x" * 21}, "prompt"),
