@@ -8,6 +8,7 @@ This is the only module that reads the environment. Nested groups use ``__`` as 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -199,7 +200,7 @@ def _env_lines(model: type[BaseModel], prefix: str) -> list[str]:
         elif isinstance(default, bool):
             shown = str(default).lower()
         elif isinstance(default, list):
-            shown = "[]" if not default else str(default)
+            shown = json.dumps(default)  # lists are given as JSON in the environment
         else:
             shown = str(default)
         lines.append(f"# {info.description}")
