@@ -39,11 +39,11 @@ class NanoSizes:
         vlm_image: Side of the edit source given to the vision tower (pixels).
     """
 
-    unet_channels: tuple[int, int, int] = (48, 96, 192)
+    unet_channels: tuple[int, int, int] = (32, 64, 128)
     unet_heads: tuple[int, int, int] = (1, 2, 4)
     unet_depth: tuple[int, int, int] = (1, 1, 3)
-    unet_groups: int = 16
-    cross_dim: int = 192
+    unet_groups: int = 8
+    cross_dim: int = 128
     time_dim: int = 64
     vae_channels: int = 24
     text_hidden: int = 128

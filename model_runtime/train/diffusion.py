@@ -67,26 +67,106 @@ class NanoModels:
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One training or sampling example."""
+    """One training or sampling example.
+
+    Attributes:
+        task: ``generate`` or ``edit``.
+        prompt: Caption or instruction (None: the unconditional template).
+        target: The image to produce (None when sampling).
+        source: The edit source.
+        target_key: Scene key of the target (for the latent cache), if known.
+        source_key: Scene key of the source.
+    """
 
     task: str
     prompt: str | None
     target: NDArray[np.uint8] | None
     source: NDArray[np.uint8] | None = None
+    target_key: str | None = None
+    source_key: str | None = None
 
 
-def draw_examples(rng: np.random.Generator, n: int, edit_share: float) -> list[Example]:
-    """``n`` training-split examples; each is an edit with probability ``edit_share``."""
+def draw_examples(
+    rng: np.random.Generator, n: int, edit_share: float, pool: int | None = None, pool_seed: int = 0
+) -> list[Example]:
+    """``n`` training-split examples; each is an edit with probability ``edit_share``.
+
+    With ``pool``, scenes and edits come from a fixed, seeded pool of that many items per task (a
+    dataset drawn from the world), so their VAE latents can be cached; the caption's object order is
+    still drawn per use.
+    """
     out = []
     for _ in range(n):
-        if rng.random() < edit_share:
-            e = world.train_edit(rng)
-            out.append(Example("edit", e.instruction, world.render(e.target), world.render(e.source)))
+        is_edit = rng.random() < edit_share
+        src_rng = (
+            rng if pool is None else np.random.default_rng([pool_seed, int(is_edit), int(rng.integers(pool))])
+        )
+        if is_edit:
+            e = world.train_edit(src_rng)
+            out.append(
+                Example(
+                    "edit",
+                    e.instruction,
+                    world.render(e.target),
+                    world.render(e.source),
+                    e.target.key(),
+                    e.source.key(),
+                )
+            )
         else:
-            scene = world.train_scene(rng)
+            scene = world.train_scene(src_rng)
             caption = scene.caption(world.random_order(rng, len(scene.objects)))
-            out.append(Example("generate", caption, world.render(scene)))
+            out.append(Example("generate", caption, world.render(scene), target_key=scene.key()))
     return out
+
+
+class LatentCache:
+    """VAE latents of renders by scene key (the VAE is frozen after its stage, and a scene has one render).
+
+    Encoding a 128² render costs several UNet forward passes, so training reuses them.
+    """
+
+    def __init__(self, vae: Any) -> None:
+        self.vae = vae
+        self.store: dict[str, torch.Tensor] = {}
+
+    def __call__(self, images: Sequence[NDArray[np.uint8]], keys: Sequence[str | None]) -> torch.Tensor:
+        """Latents ``(B, 4, 16, 16)`` of ``images``; those with a key are cached."""
+        todo = [i for i, k in enumerate(keys) if k is None or k not in self.store]
+        fresh = encode_images(self.vae, [images[i] for i in todo]) if todo else None
+        row = {i: j for j, i in enumerate(todo)}
+        out = []
+        for i, k in enumerate(keys):
+            if i in row:
+                assert fresh is not None
+                z = fresh[row[i]]
+                if k is not None:
+                    self.store[k] = z
+            else:
+                z = self.store[k]  # type: ignore[index]
+            out.append(z)
+        return torch.stack(out)  # (B, 4, h, w)
+
+
+def object_weights(examples: Sequence[Example], weight: float) -> torch.Tensor:
+    """Per-latent-cell loss weights: ``weight`` on cells within one cell of an object, 1 elsewhere.
+
+    For edits the source's objects count too (a removed or moved object's old place must be redrawn).
+
+    Returns:
+        ``(B, 1, 16, 16)`` float32.
+    """
+    masks = []
+    for e in examples:
+        cover = np.zeros((SIZE, SIZE), dtype=bool)
+        for img in (e.target, e.source):
+            if img is not None:
+                cover |= np.abs(img.astype(np.int16) - img[:1, :1].astype(np.int16)).max(axis=2) > 8
+        masks.append(cover)
+    m = torch.from_numpy(np.stack(masks)).float()[:, None]  # (B, 1, H, W) object pixels
+    m = F.max_pool2d(m, kernel_size=8)  # (B, 1, h, w) cells touching an object
+    m = F.max_pool2d(m, kernel_size=3, stride=1, padding=1)  # dilate by one cell
+    return 1.0 + (weight - 1.0) * m
 
 
 @torch.no_grad()
@@ -196,15 +276,17 @@ class DiffusionConfig:
 
     edit_share: float
     batch: int = 32
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     text_lr: float = 1e-3
-    warmup: int = 100
+    warmup: int = 60
     text_drop: float = 0.1
     image_drop: float = 0.1
     logit_mean: float = 0.0
     logit_std: float = 1.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.995
     weight_decay: float = 0.01
+    object_weight: float = 4.0
+    pool: int | None = 8000
 
 
 class DiffusionStage:
@@ -223,6 +305,7 @@ class DiffusionStage:
         self.total = total
         self.seed = seed
         self.mu = models.mu()
+        self.cache = LatentCache(models.vae)
         params = [
             {"params": list(models.unet.parameters()), "lr": cfg.lr},
             {"params": list(models.text_encoder.parameters()), "lr": cfg.text_lr},
@@ -235,19 +318,22 @@ class DiffusionStage:
     def batch(self, i: int) -> tuple[list[Example], np.random.Generator]:
         """The examples of step ``i`` (a pure function of the stage seed and ``i``)."""
         rng = np.random.default_rng([self.seed, i])
-        return draw_examples(rng, self.cfg.batch, self.cfg.edit_share), rng
+        return draw_examples(rng, self.cfg.batch, self.cfg.edit_share, self.cfg.pool, self.seed), rng
 
     def loss(self, examples: Sequence[Example], rng: np.random.Generator) -> torch.Tensor:
         """Rectified-flow loss of one batch."""
         cfg, m = self.cfg, self.m
         B = len(examples)
-        x0 = encode_images(m.vae, [e.target for e in examples])  # type: ignore[misc]  # (B, 4, h, w)
+        x0 = self.cache([e.target for e in examples], [e.target_key for e in examples])  # type: ignore[misc]
         cond = torch.zeros_like(x0)  # (B, 4, h, w)
         edit_rows = [i for i, e in enumerate(examples) if e.task == "edit"]
         if edit_rows:
             keep = [i for i in edit_rows if rng.random() >= cfg.image_drop]
             if keep:
-                cond[keep] = encode_images(m.vae, [examples[i].source for i in keep])  # type: ignore[misc]
+                cond[keep] = self.cache(
+                    [examples[i].source for i in keep],  # type: ignore[misc]
+                    [examples[i].source_key for i in keep],
+                )
         uncond = [bool(rng.random() < cfg.text_drop) for _ in examples]
         text, mask = encode_texts(m, examples, uncond)  # (B, L, D), (B, L)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -257,7 +343,10 @@ class DiffusionStage:
         tb = t[:, None, None, None]
         x_t = (1.0 - tb) * x0 + tb * noise  # (B, 4, h, w)
         v = unet_velocity(m.unet, x_t, cond, t, text, mask)  # (B, 4, h, w)
-        return F.mse_loss(v, noise - x0)
+        if cfg.object_weight == 1.0:
+            return F.mse_loss(v, noise - x0)
+        w = object_weights(examples, cfg.object_weight)  # (B, 1, h, w)
+        return ((v - (noise - x0)) ** 2 * w).mean() / w.mean()
 
     def step(self, i: int) -> dict[str, float]:
         """One optimisation step."""
@@ -302,14 +391,20 @@ class DiffusionStage:
 
 # ----------------------------------------------------------------------------------------- sampling
 @torch.no_grad()
-def conditions(models: NanoModels, examples: Sequence[Example], guided: bool) -> Conditions:
+def conditions(
+    models: NanoModels, examples: Sequence[Example], guided: bool, cache: LatentCache | None = None
+) -> Conditions:
     """Text features (and unconditional ones when ``guided``) and condition latents of a batch."""
     B = len(examples)
     text, mask = encode_texts(models, examples, [False] * B)
     cond = torch.zeros((B, 4, LATENT, LATENT))
     edit_rows = [i for i, e in enumerate(examples) if e.task == "edit"]
     if edit_rows:
-        cond[edit_rows] = encode_images(models.vae, [examples[i].source for i in edit_rows])  # type: ignore[misc]
+        sources = [examples[i].source for i in edit_rows]
+        if cache is None:
+            cond[edit_rows] = encode_images(models.vae, sources)  # type: ignore[arg-type]
+        else:
+            cond[edit_rows] = cache(sources, [examples[i].source_key for i in edit_rows])  # type: ignore[arg-type]
     c = Conditions(
         is_edit=torch.tensor([e.task == "edit" for e in examples]), text=text, mask=mask, cond=cond
     )

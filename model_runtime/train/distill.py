@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from model_runtime.train.diffusion import (
     LATENT,
     Conditions,
+    LatentCache,
     NanoModels,
     conditions,
     draw_examples,
@@ -42,13 +43,14 @@ class DistillConfig:
     """Hyper-parameters of the distillation stage."""
 
     batch: int = 16
-    lr: float = 1e-4
-    warmup: int = 20
+    lr: float = 2e-4
+    warmup: int = 10
     edit_share: float = 0.5
     guidance: tuple[float, float] = (3.0, 1.5)
     teacher_steps: int = 28
     student_steps: int = 4
-    ema_decay: float = 0.995
+    ema_decay: float = 0.99
+    pool: int | None = 8000
 
 
 def _subset(c: Conditions, idx: torch.Tensor) -> Conditions:
@@ -89,6 +91,7 @@ class DistillStage:
             raise ValueError("the student's sigmas must be a subset of the teacher's")
         self.opt = torch.optim.AdamW(models.unet.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
         self.ema = Ema(models.unet.parameters(), cfg.ema_decay)
+        self.cache = LatentCache(models.vae)
 
     @torch.no_grad()
     def _targets(
@@ -114,8 +117,8 @@ class DistillStage:
     def step(self, i: int) -> dict[str, float]:
         """One optimisation step."""
         rng = np.random.default_rng([self.seed, i])
-        examples = draw_examples(rng, self.cfg.batch, self.cfg.edit_share)
-        c = conditions(self.m, examples, guided=True)
+        examples = draw_examples(rng, self.cfg.batch, self.cfg.edit_share, self.cfg.pool, self.seed)
+        c = conditions(self.m, examples, guided=True, cache=self.cache)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         B = len(examples)
         noise = torch.randn((B, 4, LATENT, LATENT), generator=gen)  # (B, 4, h, w)

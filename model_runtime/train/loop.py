@@ -115,7 +115,15 @@ def run_stage(
     seconds0 = log.seconds
     last_ckpt = t_start
     window: dict[str, list[float]] = {}
-    bar = tqdm(total=total, initial=start, desc=name, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=name,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=5,
+    )
     for i in range(start, total):
         losses = stage.step(i)
         for key, value in losses.items():

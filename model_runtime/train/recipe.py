@@ -55,16 +55,16 @@ class RecipeConfig:
     """
 
     sizes: NanoSizes = field(default_factory=NanoSizes)
-    vae_steps: int = 500
-    vae_batch: int = 32
+    vae_steps: int = 3000
+    vae_batch: int = 8
     t2i: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=0.0))
-    t2i_steps: int = 1200
-    edit: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=1.0, warmup=50))
-    edit_steps: int = 600
-    joint: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=0.5, warmup=50))
-    joint_steps: int = 1200
+    t2i_steps: int = 800
+    edit: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=1.0, warmup=30))
+    edit_steps: int = 250
+    joint: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=0.5, warmup=30))
+    joint_steps: int = 600
     distill: DistillConfig = field(default_factory=DistillConfig)
-    distill_steps: int = 200
+    distill_steps: int = 100
     seed: int = 0
 
     @classmethod

@@ -24,6 +24,7 @@ OBJECT_WEIGHT = 16.0
 EDGE_WEIGHT = 1.0
 MOMENT_WEIGHT = 0.01
 LATENT_NOISE = 0.05
+L1_WEIGHT = 0.5  # L1 keeps pulling small colour errors to zero, where MSE's gradient vanishes
 
 
 def build_vae(sizes: NanoSizes, seed: int = 0) -> Any:
@@ -81,7 +82,8 @@ def vae_loss(
     z_in = z + latent_noise * torch.randn_like(z) if latent_noise > 0 else z
     y = vae.decode(z_in).sample.float()  # (B, 3, H, W) in about [−1, 1]
     norm = w.mean()
-    rec = ((y - x) ** 2 * w).mean() / norm
+    err = y - x
+    rec = ((err**2 + L1_WEIGHT * err.abs()) * w).mean() / norm
     gx_y, gy_y = _grad(y)
     gx_x, gy_x = _grad(x)
     edge = (
@@ -106,7 +108,7 @@ class VaeStage:
     """
 
     def __init__(
-        self, vae: Any, total: int, batch: int = 32, lr: float = 3e-3, seed: int = 1, crop: int = 64
+        self, vae: Any, total: int, batch: int = 8, lr: float = 2e-3, seed: int = 1, crop: int = 64
     ) -> None:
         self.vae = vae.to(memory_format=torch.channels_last)
         self.crop = crop

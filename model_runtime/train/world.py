@@ -39,15 +39,15 @@ EDIT_KINDS: tuple[EditKind, ...] = get_args(EditKind)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
-    "orange": (250, 135, 0),
+    "orange": (245, 120, 0),
     "yellow": (245, 220, 20),
     "green": (30, 160, 60),
     "blue": (35, 75, 220),
-    "purple": (140, 50, 180),
+    "purple": (130, 30, 170),
 }
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "white": (240, 240, 240),
-    "gray": (128, 128, 128),
+    "gray": (160, 160, 160),
     "black": (25, 25, 25),
 }
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# ShapesEval of dreamlite-nano as the README reports it: the 4-step student (the embedded model) and the
+# 28-step guided teacher of a training run, in float32 and bfloat16, on the held-out split, plus the VAE
+# ceiling. JSON reports go to docs/results/nano/ (or $1).
+#   scripts/nano_eval_all.sh [OUT_DIR] [RUN_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-docs/results/nano}"
+run="${2:-runs/nano}"
+mkdir -p "$out"
+py=.venv/bin/dreamlite
+$py eval shapes --ceiling --out "$out/vae-ceiling.json"
+for dtype in float32 bfloat16; do
+  $py eval shapes --dtype "$dtype" --out "$out/student-4step-$dtype.json"
+done
+for dtype in float32 bfloat16; do
+  $py eval shapes --model "$run/teacher" --dtype "$dtype" --out "$out/teacher-28step-$dtype.json"
+done
