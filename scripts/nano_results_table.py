@@ -23,20 +23,23 @@ EDIT = ("overall", "colour", "shape", "add", "remove", "move", "background")
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/nano")
     reports = {name: json.loads((folder / f).read_text()) for name, f in ROWS if (folder / f).is_file()}
-    print("Generate (held-out prompts, 2 seeds each):\n")
-    print("| model | " + " | ".join(GEN) + " |")
-    print("|---|" + "---|" * len(GEN))
+    print("Generate (held-out prompts; images = prompts × seeds):\n")
+    print("| model | images | " + " | ".join(GEN) + " |")
+    print("|---|---|" + "---|" * len(GEN))
     for name, r in reports.items():
-        print(f"| {name} | " + " | ".join(f"{r['generate'].get(k, float('nan')):.3f}" for k in GEN) + " |")
+        n = sum(1 for x in r["samples"] if "kind" not in x)
+        cells = " | ".join(f"{r['generate'].get(k, float('nan')):.3f}" for k in GEN)
+        print(f"| {name} | {n} | {cells} |")
     print("\nEdit (held-out triples, score = instruction satisfied × rest preserved):\n")
-    print("| model | " + " | ".join(EDIT) + " | instruction | preserve |")
-    print("|---|" + "---|" * (len(EDIT) + 2))
+    print("| model | images | " + " | ".join(EDIT) + " | instruction | preserve |")
+    print("|---|---|" + "---|" * (len(EDIT) + 2))
     for name, r in reports.items():
         parts = r.get("edit_parts", {})
         instr = sum(parts.get("instruction", {}).values()) / max(1, len(parts.get("instruction", {})))
         keep = sum(parts.get("preserve", {}).values()) / max(1, len(parts.get("preserve", {})))
         cells = " | ".join(f"{r['edit'].get(k, float('nan')):.3f}" for k in EDIT)
-        print(f"| {name} | {cells} | {instr:.3f} | {keep:.3f} |")
+        n = sum(1 for x in r["samples"] if "kind" in x)
+        print(f"| {name} | {n} | {cells} | {instr:.3f} | {keep:.3f} |")
     secs = {name: r["meta"].get("seconds") for name, r in reports.items()}
     print("\nEvaluation wall time (s): " + ", ".join(f"{k}: {v}" for k, v in secs.items()))
 
