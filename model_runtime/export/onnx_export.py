@@ -10,6 +10,7 @@ ONNX ops (checked). The result passes ``onnx.checker``.
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -47,7 +48,11 @@ def unet_example(models: TorchModels, size: tuple[int, int], seq_len: int) -> tu
     return sample, timestep, text, mask, time_ids
 
 
-def _export(
+EXTERNAL_DATA_BYTES = 1_800_000_000
+"""Graphs whose weights exceed this are saved with one external-data file (protobuf's 2 GB limit)."""
+
+
+def export_graph(
     module: torch.nn.Module,
     args: tuple[torch.Tensor, ...],
     path: Path,
@@ -55,22 +60,32 @@ def _export(
     outputs: tuple[str, ...],
     opset: int,
 ) -> None:
+    """Trace ``module`` to ``path``: ORT basic optimisation, or external weight data past the 2 GB limit."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = path.with_name(path.stem + ".raw.onnx")
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")  # tracer warnings about Python bools on static shapes are expected
-        torch.onnx.export(
-            module,
-            args,
-            str(raw),
-            input_names=list(inputs),
-            output_names=list(outputs),
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    optimize_basic(raw, path)
-    raw.unlink()
+    # Trace outside the bundle: the exporter may write side files (external tensors) next to its output.
+    with tempfile.TemporaryDirectory(prefix="dreamlite-export-") as tmp:
+        raw = Path(tmp) / path.name
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter(
+                "ignore"
+            )  # tracer warnings about Python values on static shapes are expected
+            torch.onnx.export(
+                module,
+                args,
+                str(raw),
+                input_names=list(inputs),
+                output_names=list(outputs),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        weights = sum(p.numel() * p.element_size() for p in module.parameters())
+        if weights > EXTERNAL_DATA_BYTES:  # pragma: no cover - the real 2B text encoder only (untested here)
+            onnx.save(
+                onnx.load(str(raw)), str(path), save_as_external_data=True, location=path.name + ".data"
+            )
+        else:
+            optimize_basic(raw, path)
     onnx.checker.check_model(str(path))
 
 
@@ -92,7 +107,7 @@ def export_unet(
     models: TorchModels, size: tuple[int, int], seq_len: int, path: Path, opset: int = 17
 ) -> None:
     """Trace the UNet at one working size (in-context width 2·W/8) and text length."""
-    _export(
+    export_graph(
         UNetGraph(models.unet), unet_example(models, size, seq_len), path, UNET_INPUTS, UNET_OUTPUTS, opset
     )
 
@@ -104,7 +119,7 @@ def export_vae_decoder(models: TorchModels, size: tuple[int, int], path: Path, o
     latent = torch.randn(
         1, models.latent_channels, height // models.vae_scale, width // models.vae_scale, generator=gen
     )
-    _export(VaeDecoderGraph(models.vae), (latent,), path, VAE_DECODER_INPUTS, VAE_DECODER_OUTPUTS, opset)
+    export_graph(VaeDecoderGraph(models.vae), (latent,), path, VAE_DECODER_INPUTS, VAE_DECODER_OUTPUTS, opset)
 
 
 def export_vae_encoder(models: TorchModels, size: tuple[int, int], path: Path, opset: int = 17) -> None:
@@ -112,7 +127,7 @@ def export_vae_encoder(models: TorchModels, size: tuple[int, int], path: Path, o
     width, height = size
     gen = torch.Generator().manual_seed(2)
     image = torch.rand(1, 3, height, width, generator=gen) * 2 - 1  # (1, 3, H, W) in [−1, 1]
-    _export(VaeEncoderGraph(models.vae), (image,), path, VAE_ENCODER_INPUTS, VAE_ENCODER_OUTPUTS, opset)
+    export_graph(VaeEncoderGraph(models.vae), (image,), path, VAE_ENCODER_INPUTS, VAE_ENCODER_OUTPUTS, opset)
 
 
 _ONNX_DTYPES = {

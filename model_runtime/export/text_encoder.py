@@ -29,8 +29,6 @@ torch encoder on held-out prompts and writes everything the runtime needs to ``m
 from __future__ import annotations
 
 import logging
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -63,8 +61,6 @@ PARITY_PROMPTS: tuple[tuple[Literal["generate", "edit"], str], ...] = (
     ("generate", "a lighthouse"),
     ("edit", "make it night time"),
 )
-EXTERNAL_DATA_BYTES = 1_800_000_000
-"""Graphs whose weights exceed this are saved with one external-data file (protobuf's 2 GB limit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,44 +281,6 @@ def _use_eager_attention(model: Any) -> None:
         config._attn_implementation = "eager"
 
 
-def _trace(
-    module: torch.nn.Module,
-    args: tuple[torch.Tensor, ...],
-    path: Path,
-    inputs: tuple[str, ...],
-    outputs: tuple[str, ...],
-    opset: int,
-) -> None:
-    import onnx
-
-    from model_runtime.export.onnx_export import optimize_basic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Trace outside the bundle: the exporter may write side files (external tensors) next to its output.
-    with tempfile.TemporaryDirectory(prefix="dreamlite-text-encoder-") as tmp:
-        raw = Path(tmp) / path.name
-        with warnings.catch_warnings(), torch.inference_mode():
-            # Tracer warnings about Python values on static shapes are expected.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                args,
-                str(raw),
-                input_names=list(inputs),
-                output_names=list(outputs),
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        weights = sum(p.numel() * p.element_size() for p in module.parameters())
-        if weights > EXTERNAL_DATA_BYTES:  # pragma: no cover - the real 2B model only (untested here)
-            model = onnx.load(str(raw))
-            onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
-        else:
-            optimize_basic(raw, path)
-    onnx.checker.check_model(str(path))
-
-
 def example_inputs(layout: TextEncoderLayout) -> tuple[torch.Tensor, ...]:
     """Deterministic text-graph inputs with the static shapes (a short text-only prompt, padded)."""
     from model_runtime.text_positions import mrope_position_ids, pad_right
@@ -372,6 +330,8 @@ def export_text_encoder(
     Returns:
         ``manifest.text.encoder`` (graph paths, hashes, shapes, ids, session, parity) and the parity report.
     """
+    from model_runtime.export.onnx_export import export_graph
+
     model = _load_text_encoder(folder)
     layout = text_layout(folder, max_tokens, model)
     reference = _torch_reference(folder, model, layout)  # before switching attention: the backend's path
@@ -381,9 +341,9 @@ def export_text_encoder(
     vision = VisionGraph(inner.visual, grid).eval()
     gen = torch.Generator().manual_seed(4)
     pixels = torch.randn(layout.patches, layout.patch_dim, generator=gen)  # (P, K)
-    _trace(vision, (pixels,), out / VISION_GRAPH, VISION_INPUTS, VISION_OUTPUTS, opset)
+    export_graph(vision, (pixels,), out / VISION_GRAPH, VISION_INPUTS, VISION_OUTPUTS, opset)
     text = TextGraph(inner.language_model, layout.max_tokens, layout.image_tokens, layout.deepstack_layers)
-    _trace(text.eval(), example_inputs(layout), out / TEXT_GRAPH, TEXT_INPUTS, TEXT_OUTPUTS, opset)
+    export_graph(text.eval(), example_inputs(layout), out / TEXT_GRAPH, TEXT_INPUTS, TEXT_OUTPUTS, opset)
     del vision, text, model, inner
 
     parity = _measure(out, layout, reference)

@@ -108,7 +108,10 @@ def _run_ceiling(args: argparse.Namespace) -> int:
         seeds=(0,),
         limit=args.limit,
         batch_size=args.batch_size,
-        meta={"model": str(folder), "ceiling": "expected renders through the model's VAE"},
+        meta={
+            "model": str(args.model) if args.model else "embedded dreamlite-nano",
+            "ceiling": "expected renders through the model's VAE",
+        },
     )
     print(report.table())
     if args.out is not None:

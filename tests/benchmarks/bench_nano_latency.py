@@ -61,7 +61,7 @@ def main() -> None:
     q = statistics.quantiles(times, n=4)
     report = {
         "benchmark": "nano_latency",
-        "model": str(model),
+        "model": args.model or "embedded dreamlite-nano",
         "size": [128, 128],
         "steps": 4,
         "batch": 1,

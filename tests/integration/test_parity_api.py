@@ -54,6 +54,15 @@ def device_run(
     return request, trace, tensors
 
 
+def wait_for_job(client: TestClient, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    """Poll a parity job until it succeeds or fails; returns its last state."""
+    deadline = time.monotonic() + timeout_s
+    while (state := client.get(f"/v1/parity/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return dict(state)
+
+
 def npz_b64(tensors: dict[str, np.ndarray]) -> str:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **tensors)
@@ -109,13 +118,7 @@ def test_verify_names_the_first_divergent_stage_and_replays(
     job = parity_client.post("/v1/parity/verify", json=body, headers={"Prefer": "respond-async"})
     assert job.status_code == 202
     job_id = job.json()["id"]
-    deadline = time.monotonic() + 120
-    while (state := parity_client.get(f"/v1/parity/jobs/{job_id}").json())["status"] not in (
-        "succeeded",
-        "failed",
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    state = wait_for_job(parity_client, job_id)
     report = state["result"]["report"]
     assert report["first_divergent_stage"] == "step1.latents"
     assert report["verdict"] in ("within_tolerance", "mismatch")
@@ -133,13 +136,7 @@ def test_reference_job_and_tensors(parity_client: TestClient, device_run: Any) -
     )
     assert job.status_code == 202
     job_id = job.json()["id"]
-    deadline = time.monotonic() + 120
-    while (state := parity_client.get(f"/v1/parity/jobs/{job_id}").json())["status"] not in (
-        "succeeded",
-        "failed",
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    state = wait_for_job(parity_client, job_id)
     assert state["status"] == "succeeded", state
     ref = state["result"]["trace"]
     assert [s["sha256"] for s in ref["stages"]] == [s.sha256 for s in trace.stages]
