@@ -277,7 +277,7 @@ class DiffusionConfig:
     edit_share: float
     batch: int = 32
     lr: float = 1.5e-3
-    text_lr: float = 1e-3
+    text_lr: float = 3e-4
     warmup: int = 60
     text_drop: float = 0.1
     image_drop: float = 0.1

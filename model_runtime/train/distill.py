@@ -46,7 +46,7 @@ class DistillConfig:
     lr: float = 2e-4
     warmup: int = 10
     edit_share: float = 0.5
-    guidance: tuple[float, float] = (3.0, 1.5)
+    guidance: tuple[float, float] = (1.5, 1.5)
     teacher_steps: int = 28
     student_steps: int = 4
     ema_decay: float = 0.99

@@ -4,11 +4,15 @@ Stages (each reads what the previous ones left in the run folder):
 
 1. ``tokenizer`` — BPE with Qwen2's layout on the world's language (seconds).
 2. ``vae`` — fit ``AutoencoderTiny`` to the world (:mod:`.vae_fit`).
-3. ``t2i`` — flow-matching text-to-image pretraining (text encoder trained jointly from scratch).
-4. ``edit`` — edit pretraining with the in-context condition switched on.
-5. ``joint`` — unified joint training on both tasks; its EMA is the teacher, written as a guided
+3. ``text`` — pretrain the nano Qwen3-VL to read captions and edit requests into the requested scene
+   (:mod:`.text_pretrain`; DreamLite's UNet is conditioned on a pretrained VLM, and none exists at this size).
+4. ``t2i`` — flow-matching text-to-image pretraining (the text encoder trained on jointly).
+5. ``read`` — the VLM learns to read edit sources (vision tokens) and requests, captions kept in the mix
+   (:mod:`.text_pretrain` with ``read_images``).
+6. ``edit`` — edit pretraining with the in-context condition switched on.
+7. ``joint`` — unified joint training on both tasks; its EMA is the teacher, written as a guided
    ``base`` folder (``teacher/``, 28 steps).
-6. ``distill`` — on-policy trajectory distillation into the unguided 4-step student (:mod:`.distill`),
+8. ``distill`` — on-policy trajectory distillation into the unguided 4-step student (:mod:`.distill`),
    written as the ``mobile`` folder (``student/``) and copied to the output folder.
 
 Every stage checkpoints to ``<run>/<stage>/ckpt.pt``; ``--resume`` continues an interrupted stage at the
@@ -32,13 +36,14 @@ from model_runtime.train.configs import NanoSizes
 from model_runtime.train.diffusion import DiffusionConfig, DiffusionStage, NanoModels
 from model_runtime.train.distill import DistillConfig, DistillStage, frozen_copy
 from model_runtime.train.loop import StageLog, run_stage, write_logs
-from model_runtime.train.models import build_text_encoder, build_unet, count_params
-from model_runtime.train.text_features import TextFeaturizer
+from model_runtime.train.models import Ema, build_text_encoder, build_unet, count_params
+from model_runtime.train.text_features import TextFeaturizer, TextRequest
+from model_runtime.train.text_pretrain import ReadItem, TextPretrainConfig, TextPretrainStage
 from model_runtime.train.writer import folder_bytes, write_folder
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("tokenizer", "vae", "t2i", "edit", "joint", "distill")
+STAGES = ("tokenizer", "vae", "text", "t2i", "read", "edit", "joint", "distill")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class RecipeConfig:
     Attributes:
         sizes: Model sizes.
         vae_steps: VAE steps (batch ``vae_batch`` of 64×64 crops).
+        text: The text stage; ``text_steps`` its length.
+        read: The VLM's edit-reading stage; ``read_steps`` its length.
         t2i / edit / joint: The three pretraining stages.
         t2i_steps / edit_steps / joint_steps: Their lengths.
         distill: Distillation settings; ``distill_steps`` its length.
@@ -57,12 +64,18 @@ class RecipeConfig:
     sizes: NanoSizes = field(default_factory=NanoSizes)
     vae_steps: int = 3000
     vae_batch: int = 8
+    text: TextPretrainConfig = field(default_factory=TextPretrainConfig)
+    text_steps: int = 1000
     t2i: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=0.0))
-    t2i_steps: int = 800
+    t2i_steps: int = 1000
+    read: TextPretrainConfig = field(
+        default_factory=lambda: TextPretrainConfig(lr=1e-3, warmup=30, captions_first=0, read_images=True)
+    )
+    read_steps: int = 500
     edit: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=1.0, warmup=30))
-    edit_steps: int = 250
+    edit_steps: int = 400
     joint: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=0.5, warmup=30))
-    joint_steps: int = 600
+    joint_steps: int = 900
     distill: DistillConfig = field(default_factory=DistillConfig)
     distill_steps: int = 100
     seed: int = 0
@@ -75,8 +88,12 @@ class RecipeConfig:
             sizes=NanoSizes.test(),
             vae_steps=2,
             vae_batch=2,
+            text=TextPretrainConfig(batch=4, warmup=1, captions_first=1),
+            text_steps=2,
             t2i=small,
             t2i_steps=2,
+            read=TextPretrainConfig(batch=4, warmup=1, captions_first=0, read_images=True),
+            read_steps=2,
             edit=replace(small, edit_share=1.0),
             edit_steps=2,
             joint=replace(small, edit_share=0.5),
@@ -96,6 +113,8 @@ class RecipeConfig:
         d["sizes"] = NanoSizes.from_json(d["sizes"])
         for key in ("t2i", "edit", "joint"):
             d[key] = DiffusionConfig(**d[key])
+        for key in ("text", "read"):
+            d[key] = TextPretrainConfig(**d[key])
         dist = dict(d["distill"])
         dist["guidance"] = tuple(dist["guidance"])
         d["distill"] = DistillConfig(**dist)
@@ -161,17 +180,23 @@ class Recipe:
         vae.load_state_dict(state["stage"]["vae"])
         return vae.eval().requires_grad_(False)
 
-    def models(self) -> NanoModels:
-        """Fresh UNet and text encoder (seeded), the fitted VAE and the text stage."""
+    def featurizer(self) -> TextFeaturizer:
+        """The runtime-exact text stage of this run's tokenizer and sizes."""
         tok = self.tokenizer()
         s = self.cfg.sizes
-        featurizer = TextFeaturizer(
+        return TextFeaturizer(
             self.run_dir / "tokenizer" / "tokenizer.json",
             configs.processor_config(s),
             tokenizer_build.drop_indices(tok),
             (s.vlm_image, s.vlm_image),
             tokenizer_build.token_ids(tok)["<|endoftext|>"],
         )
+
+    def models(self) -> NanoModels:
+        """Fresh UNet and text encoder (seeded), the fitted VAE and the text stage."""
+        tok = self.tokenizer()
+        s = self.cfg.sizes
+        featurizer = self.featurizer()
         return NanoModels(
             text_encoder=build_text_encoder(s, tok, seed=self.cfg.seed + 1),
             unet=build_unet(s, seed=self.cfg.seed + 2),
@@ -213,6 +238,43 @@ class Recipe:
         self._record(log)
         self._mark_done("vae", {"params": count_params(vae), "latents": vae_fit.latent_stats(vae)})
 
+    def run_text(self, name: str) -> None:
+        """Stages 3 and 5 (``text``, ``read``).
+
+        Reports the readout's exact-match rate on the held-out ShapesEval requests. ``read`` continues
+        from the text encoder T2I left.
+        """
+        from model_runtime.train import shapes_eval, world
+
+        cfg: TextPretrainConfig = getattr(self.cfg, name)
+        total: int = getattr(self.cfg, f"{name}_steps")
+        models = self.models()
+        if name == "read":
+            state = torch.load(self.run_dir / "t2i" / "ckpt.pt", map_location="cpu", weights_only=False)
+            models.text_encoder.load_state_dict(state["stage"]["text_encoder"])
+        stage = TextPretrainStage(
+            models.text_encoder,
+            models.featurizer,
+            cfg,
+            total,
+            seed=self.cfg.seed + {"text": 50, "read": 60}[name],
+        )
+        log = run_stage(stage, name, total, self.run_dir, resume=self.resume, progress=self.progress)
+        self._record(log)
+        gen = [
+            ReadItem(TextRequest("generate", g.prompt), g.scene)
+            for g in shapes_eval.generate_items("heldout")
+        ]
+        edit = [
+            ReadItem(TextRequest("edit", e.edit.instruction, world.render(e.edit.source)), e.edit.target)
+            for e in shapes_eval.edit_items("heldout")
+        ]
+        info = {
+            "text_encoder_params": count_params(models.text_encoder),
+            "heldout_exact": {"generate": stage.accuracy(gen), "edit": stage.accuracy(edit)},
+        }
+        self._mark_done(name, info)
+
     def run_diffusion(self, name: str) -> None:
         """Stages 3–5 (``t2i``, ``edit``, ``joint``)."""
         cfg: DiffusionConfig = getattr(self.cfg, name)
@@ -226,6 +288,11 @@ class Recipe:
             models.text_encoder.load_state_dict(state["stage"]["text_encoder"])
             stage.ema_unet.load_state_dict(state["stage"]["ema_unet"])
             stage.ema_text.load_state_dict(state["stage"]["ema_text"])
+        text_stage = {"t2i": "text", "edit": "read"}.get(name)  # a text-encoder-only stage ran in between
+        if text_stage is not None:
+            state = torch.load(self.run_dir / text_stage / "ckpt.pt", map_location="cpu", weights_only=False)
+            models.text_encoder.load_state_dict(state["stage"]["text_encoder"])
+            stage.ema_text = Ema(models.text_encoder.parameters(), cfg.ema_decay)
         log = run_stage(stage, name, total, self.run_dir, resume=self.resume, progress=self.progress)
         self._record(log)
         info: dict[str, Any] = {
@@ -301,6 +368,8 @@ class Recipe:
                 self.run_tokenizer()
             elif name == "vae":
                 self.run_vae()
+            elif name in ("text", "read"):
+                self.run_text(name)
             elif name in ("t2i", "edit", "joint"):
                 self.run_diffusion(name)
             elif name == "distill":

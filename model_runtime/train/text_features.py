@@ -61,6 +61,7 @@ class TextFeaturizer:
         vlm_size: tuple[int, int],
         pad_id: int,
     ) -> None:
+        self.tokenizer_file = tokenizer_file
         self.tokenizer = PromptTokenizer(tokenizer_file)
         self.processor_config = processor_config
         self.drop_idx = dict(drop_idx)
@@ -71,6 +72,15 @@ class TextFeaturizer:
 
     def _encode_uncached(self, template: str, n_image: int) -> tuple[int, ...]:
         return tuple(int(i) for i in self.tokenizer.encode(template, n_image))
+
+    def kept_ids(self, req: TextRequest) -> tuple[int, ...]:
+        """Token ids of a request that survive the drop (the rows of its features)."""
+        n_image = 0
+        if req.task == "edit":
+            w, h = self.vlm_size
+            grid = np.asarray([[1, h // 16, w // 16]], dtype=np.int64)
+            n_image = num_image_tokens(grid, self.merge)
+        return self._encode(self.template(req), n_image)[self.drop_idx[req.task] :]
 
     def template(self, req: TextRequest) -> str:
         """The template string of a request."""
