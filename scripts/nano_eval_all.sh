@@ -14,7 +14,7 @@ for dtype in float32 bfloat16; do
   $py eval shapes --dtype "$dtype" --out "$out/student-4step-$dtype.json"
 done
 $py eval shapes --model "$run/teacher" --dtype float32 --out "$out/teacher-28step-float32.json"
-# The guided 28-step teacher in bfloat16 costs ~3 UNet passes × 28 steps per image, and this CPU has no native
-# bf16: its report uses the first 48 prompts of each set, one seed.
+# The guided 28-step teacher in bfloat16 costs ~3 UNet passes × 28 steps per image, and bf16 is slower than fp32
+# here at this size: its report uses the first 48 prompts of each set, one seed.
 $py eval shapes --model "$run/teacher" --dtype bfloat16 --seeds 1000 --limit 48 \
   --out "$out/teacher-28step-bfloat16.json"

@@ -2,8 +2,8 @@
 
 These run the shipped weights through the public pipeline at 128², 4 steps, on a few **training-split**
 ShapesEval prompts (the held-out numbers are the README's, from `dreamlite eval shapes`). A broken text stage
-(wrong template, post-norm features), a wrong sampler or a damaged weight file loses what the model does
-follow (the background, partly the objects) and fails here.
+(wrong template, post-norm features), a wrong sampler or a damaged weight file loses what the model follows
+(background, objects, their positions and colours) and fails here.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def test_default_model_is_the_shipped_nano_folder() -> None:
 
 
 def test_draws_what_the_prompt_says(nano) -> None:  # type: ignore[no-untyped-def]
-    """The shipped model follows the text where it has learned to (docs/nano.md: the background reliably,
-    objects partly): scored against its own prompts it beats the same images scored against other prompts."""
+    """The shipped model draws the prompted scene (docs/nano.md: 0.82 overall on held-out prompts), and its
+    images score far better against their own prompts than against other prompts."""
     items = shapes_eval.generate_items("train")[::6]  # 24 prompts, 1–3 objects
     results = nano.run([SampleSpec(task="generate", prompt=it.prompt, seed=7) for it in items])
     own = [
@@ -48,9 +48,10 @@ def test_draws_what_the_prompt_says(nano) -> None:  # type: ignore[no-untyped-de
     def mean(scores: list[dict[str, float]], key: str) -> float:
         return float(np.mean([s[key] for s in scores]))
 
-    assert mean(own, "background") >= 0.5
-    assert mean(own, "background") >= mean(other, "background") + 0.2
-    assert mean(own, "overall") >= mean(other, "overall") + 0.04
+    assert mean(own, "overall") >= 0.7
+    assert mean(own, "position") >= 0.8
+    assert mean(own, "colour") >= 0.6
+    assert mean(own, "overall") >= mean(other, "overall") + 0.2
 
 
 def test_edits_follow_a_background_instruction(nano) -> None:  # type: ignore[no-untyped-def]
