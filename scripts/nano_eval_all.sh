@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ShapesEval of dreamlite-nano as the README reports it: the 4-step student (the embedded model) and the
 # 28-step guided teacher of a training run, in float32 and bfloat16, on the held-out split, plus the VAE
-# ceiling. JSON reports go to docs/results/nano/ (or $1).
+# ceiling and the student's device bundle (ONNX fp32 and w8a16 QDQ on the CPU execution provider). JSON reports go to docs/results/nano/ (or $1).
 #   scripts/nano_eval_all.sh [OUT_DIR] [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +18,9 @@ $py eval shapes --model "$run/teacher" --dtype float32 --out "$out/teacher-28ste
 # here at this size: its report uses the first 48 prompts of each set, one seed.
 $py eval shapes --model "$run/teacher" --dtype bfloat16 --seeds 1000 --limit 48 \
   --out "$out/teacher-28step-bfloat16.json"
+# What w8a16 costs: a bundle of the student (no QNN targets: the emulator is 50-90x slower than the CPU EP).
+$py export --out "$run-bundle" --targets none --precision fp32,w8a16 --parity none --force
+for precision in fp32 w8a16; do
+  $py eval shapes --backend onnx --bundle "$run-bundle" --precision "$precision" \
+    --out "$out/student-4step-onnx-$precision.json"
+done

@@ -15,6 +15,8 @@ ROWS = (
     ("teacher, 28 steps, guided, bfloat16", "teacher-28step-bfloat16.json"),
     ("student (shipped), 4 steps, float32", "student-4step-float32.json"),
     ("student (shipped), 4 steps, bfloat16", "student-4step-bfloat16.json"),
+    ("student, 4 steps, ONNX bundle fp32 (CPU EP)", "student-4step-onnx-fp32.json"),
+    ("student, 4 steps, ONNX bundle w8a16 QDQ (CPU EP)", "student-4step-onnx-w8a16.json"),
 )
 GEN = ("overall", "colour", "shape", "count", "position", "size", "background", "exact")
 EDIT = ("overall", "colour", "shape", "add", "remove", "move", "background")

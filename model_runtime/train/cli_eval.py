@@ -56,7 +56,7 @@ def run_shapes_eval(args: argparse.Namespace) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     seeds = tuple(int(s) for s in args.seeds.split(","))
     cfg = pipeline.config
-    meta = {
+    meta: dict[str, object] = {
         "model": str(args.model or args.bundle or cfg.model_id),
         "model_id": cfg.model_id,
         "backend": args.backend,
@@ -66,6 +66,10 @@ def run_shapes_eval(args: argparse.Namespace) -> int:
         if cfg.variant == "mobile"
         else f"cfg {cfg.guidance_scale}/{cfg.image_guidance_scale}",
     }
+    if args.backend != "torch":  # the bundle graph that ran (a w8a16 report must say so)
+        meta["precision"] = args.precision or ("w8a16" if args.backend == "qnn" else "fp32")
+        if args.backend == "qnn":
+            meta["target"] = args.target
     report = shapes_eval.evaluate(
         shapes_eval.pipeline_image_fn(pipeline, steps),
         split=args.split,

@@ -433,7 +433,7 @@ class Report:
             + "  ".join(
                 f"{k}={v}"
                 for k, v in self.meta.items()
-                if k in ("model", "backend", "dtype", "steps", "guidance")
+                if k in ("model", "backend", "precision", "target", "dtype", "steps", "guidance")
             )
         ]
         if self.generate:
