@@ -66,10 +66,11 @@ def run_shapes_eval(args: argparse.Namespace) -> int:
         if cfg.variant == "mobile"
         else f"cfg {cfg.guidance_scale}/{cfg.image_guidance_scale}",
     }
-    if args.backend != "torch":  # the bundle graph that ran (a w8a16 report must say so)
-        meta["precision"] = args.precision or ("w8a16" if args.backend == "qnn" else "fp32")
-        if args.backend == "qnn":
-            meta["target"] = args.target
+    backend = pipeline.backend
+    if hasattr(backend, "precision"):  # the bundle graph that ran (a w8a16 report must say so)
+        meta["precision"] = backend.precision
+    if hasattr(backend, "target"):
+        meta["target"] = backend.target.name
     report = shapes_eval.evaluate(
         shapes_eval.pipeline_image_fn(pipeline, steps),
         split=args.split,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from model_runtime.sampler import compute_schedule, shift_mu
 from model_runtime.train import world
 from model_runtime.train.loop import cosine_lr
 from model_runtime.train.models import Ema
-from model_runtime.train.text_features import TextFeaturizer, TextRequest
+from model_runtime.train.text_features import TextFeaturizer, TextRequest, pad_cat
 
 SIZE = world.IMAGE_SIZE
 LATENT = SIZE // 8
@@ -200,14 +200,6 @@ class Conditions:
     mask_u: torch.Tensor | None = None
 
 
-def _pad_cat(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate (features, mask) pairs along the batch, zero-padding the token axis."""
-    L = max(f.shape[1] for f, _ in parts)
-    feats = torch.cat([F.pad(f, (0, 0, 0, L - f.shape[1])) for f, _ in parts])  # (B, L, D)
-    masks = torch.cat([F.pad(m, (0, L - m.shape[1])) for _, m in parts])  # (B, L)
-    return feats, masks
-
-
 def encode_texts(
     models: NanoModels, examples: Sequence[Example], unconditional: Sequence[bool]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,22 +207,11 @@ def encode_texts(
 
     Rows flagged in ``unconditional`` use the official empty-prompt template (guidance dropout).
     """
-    order: list[int] = []
-    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-    tasks: tuple[Task, ...] = ("generate", "edit")
-    for task in tasks:
-        rows = [i for i, e in enumerate(examples) if e.task == task]
-        if not rows:
-            continue
-        reqs = [
-            TextRequest(task, None if unconditional[i] else examples[i].prompt, examples[i].source)
-            for i in rows
-        ]
-        parts.append(models.featurizer(models.text_encoder, reqs))
-        order.extend(rows)
-    feats, mask = _pad_cat(parts)  # rows grouped by task
-    inverse = torch.tensor(np.argsort(order), dtype=torch.int64)
-    return feats[inverse], mask[inverse]
+    requests = [
+        TextRequest(cast(Task, e.task), None if uncond else e.prompt, e.source)
+        for e, uncond in zip(examples, unconditional, strict=True)
+    ]
+    return models.featurizer.encode_mixed(models.text_encoder, requests)
 
 
 def unet_velocity(
@@ -440,7 +421,7 @@ def guided_velocity(
     B = x.shape[0]
     edit = torch.nonzero(c.is_edit).flatten()
     zeros = torch.zeros_like(c.cond)
-    text, mask = _pad_cat([(c.text_u, c.mask_u), (c.text, c.mask), (c.text_u[edit], c.mask_u[edit])])
+    text, mask = pad_cat([(c.text_u, c.mask_u), (c.text, c.mask), (c.text_u[edit], c.mask_u[edit])])
     xs = torch.cat([x, x, x[edit]])  # (2B + E, 4, h, w)
     conds = torch.cat([zeros, c.cond, c.cond[edit]])
     sig = torch.cat([sigma, sigma, sigma[edit]])

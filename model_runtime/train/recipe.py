@@ -192,13 +192,16 @@ class Recipe:
             tokenizer_build.token_ids(tok)["<|endoftext|>"],
         )
 
+    def text_encoder(self) -> Any:
+        """A fresh (seeded) text encoder."""
+        return build_text_encoder(self.cfg.sizes, self.tokenizer(), seed=self.cfg.seed + 1)
+
     def models(self) -> NanoModels:
         """Fresh UNet and text encoder (seeded), the fitted VAE and the text stage."""
-        tok = self.tokenizer()
         s = self.cfg.sizes
         featurizer = self.featurizer()
         return NanoModels(
-            text_encoder=build_text_encoder(s, tok, seed=self.cfg.seed + 1),
+            text_encoder=self.text_encoder(),
             unet=build_unet(s, seed=self.cfg.seed + 2),
             vae=self.vae(),
             featurizer=featurizer,
@@ -248,13 +251,13 @@ class Recipe:
 
         cfg: TextPretrainConfig = getattr(self.cfg, name)
         total: int = getattr(self.cfg, f"{name}_steps")
-        models = self.models()
+        text_encoder = self.text_encoder()
         if name == "read":
             state = torch.load(self.run_dir / "t2i" / "ckpt.pt", map_location="cpu", weights_only=False)
-            models.text_encoder.load_state_dict(state["stage"]["text_encoder"])
+            text_encoder.load_state_dict(state["stage"]["text_encoder"])
         stage = TextPretrainStage(
-            models.text_encoder,
-            models.featurizer,
+            text_encoder,
+            self.featurizer(),
             cfg,
             total,
             seed=self.cfg.seed + {"text": 50, "read": 60}[name],
@@ -270,7 +273,7 @@ class Recipe:
             for e in shapes_eval.edit_items("heldout")
         ]
         info = {
-            "text_encoder_params": count_params(models.text_encoder),
+            "text_encoder_params": count_params(text_encoder),
             "heldout_exact": {"generate": stage.accuracy(gen), "edit": stage.accuracy(edit)},
         }
         self._mark_done(name, info)

@@ -19,12 +19,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from model_runtime.backends.torch_backend import prefinal_text_states
 from model_runtime.preprocess import num_image_tokens, resize_lanczos, vlm_inputs
 from model_runtime.prompts import Task, build_prompt, build_unconditional_prompt
 from model_runtime.tokenization import PromptTokenizer
+
+
+def pad_cat(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate (features, mask) pairs along the batch, zero-padding the token axis."""
+    L = max(f.shape[1] for f, _ in parts)
+    feats = torch.cat([F.pad(f, (0, 0, 0, L - f.shape[1])) for f, _ in parts])  # (B, L, D)
+    masks = torch.cat([F.pad(m, (0, L - m.shape[1])) for _, m in parts])  # (B, L)
+    return feats, masks
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,29 @@ class TextFeaturizer:
 
     def _encode_uncached(self, template: str, n_image: int) -> tuple[int, ...]:
         return tuple(int(i) for i in self.tokenizer.encode(template, n_image))
+
+    def encode_mixed(
+        self, text_encoder: Any, requests: Sequence[TextRequest]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode requests of both tasks (one encoder call per task), returned in request order.
+
+        Returns:
+            ``(B, L, D)`` features and ``(B, L)`` int64 mask, zero-padded to the longest row.
+        """
+        order: list[int] = []
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for task in ("generate", "edit"):
+            rows = [i for i, r in enumerate(requests) if r.task == task]
+            if rows:
+                parts.append(self(text_encoder, [requests[i] for i in rows]))
+                order.extend(rows)
+        L = max(f.shape[1] for f, _ in parts)
+        feats = torch.cat(
+            [F.pad(f, (0, 0, 0, L - f.shape[1])) for f, _ in parts]
+        )  # (B, L, D) grouped by task
+        mask = torch.cat([F.pad(m, (0, L - m.shape[1])) for _, m in parts])  # (B, L)
+        inverse = torch.tensor(np.argsort(order), dtype=torch.int64)
+        return feats[inverse], mask[inverse]
 
     def kept_ids(self, req: TextRequest) -> tuple[int, ...]:
         """Token ids of a request that survive the drop (the rows of its features)."""

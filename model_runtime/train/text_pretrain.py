@@ -57,6 +57,13 @@ N_SIZE = len(SIZES) + 1
 N_SLOT = len(POSITIONS)
 
 
+def _codes(o: world.ShapeObject | None) -> list[int]:
+    """Class codes (colour, shape, size; 0 = empty slot) of one object."""
+    if o is None:
+        return [0, 0, 0]
+    return [COLOUR_NAMES.index(o.colour) + 1, SHAPES.index(o.shape) + 1, SIZES.index(o.size) + 1]
+
+
 def scene_labels(scene: Scene) -> tuple[list[int], int]:
     """Class labels of a scene.
 
@@ -65,14 +72,8 @@ def scene_labels(scene: Scene) -> tuple[list[int], int]:
     Returns:
         ``[colour, shape, size] * 5`` flattened, and the background index.
     """
-    slots = [[0, 0, 0] for _ in POSITIONS]
-    for o in scene.objects:
-        slots[POSITIONS.index(o.position)] = [
-            COLOUR_NAMES.index(o.colour) + 1,
-            SHAPES.index(o.shape) + 1,
-            SIZES.index(o.size) + 1,
-        ]
-    return [v for s in slots for v in s], BACKGROUND_NAMES.index(scene.background)
+    by_slot = {o.position: o for o in scene.objects}
+    return [v for p in POSITIONS for v in _codes(by_slot.get(p))], BACKGROUND_NAMES.index(scene.background)
 
 
 class SceneReadout(nn.Module):
@@ -94,20 +95,24 @@ class SceneReadout(nn.Module):
         self.bg_head = nn.Linear(dim, len(BACKGROUND_NAMES))
         self.token_head = nn.Linear(dim, N_COLOUR + N_SHAPE + N_SIZE)
 
-    def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of the requested scene.
+    def forward(
+        self, feats: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of the requested scene and of every token.
 
         Args:
             feats: ``(B, L, D)`` text features.
             mask: ``(B, L)`` 1 = real token.
 
         Returns:
-            ``(B, 5, 7 + 5 + 3)`` slot logits and ``(B, 3)`` background logits.
+            ``(B, 5, 7 + 5 + 3)`` slot logits, ``(B, 3)`` background logits and ``(B, L, 7 + 5 + 3)``
+            per-token logits.
         """
         B = feats.shape[0]
+        kv = self.norm(feats)  # (B, L, D)
         q = self.queries[None].expand(B, -1, -1)  # (B, 6, D)
-        pooled, _ = self.attn(q, self.norm(feats), self.norm(feats), key_padding_mask=mask == 0)  # (B, 6, D)
-        return self.slot_head(pooled[:, :N_SLOT]), self.bg_head(pooled[:, N_SLOT])
+        pooled, _ = self.attn(q, kv, kv, key_padding_mask=mask == 0)  # (B, 6, D)
+        return self.slot_head(pooled[:, :N_SLOT]), self.bg_head(pooled[:, N_SLOT]), self.token_head(kv)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,23 +157,6 @@ def draw_items(rng: np.random.Generator, n: int, edit_share: float) -> list[Read
     return out
 
 
-def encode_items(
-    featurizer: TextFeaturizer, text_encoder: Any, items: Sequence[ReadItem]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of mixed-task items in item order (``(B, L, D)``, ``(B, L)``; zero-padded)."""
-    parts: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-    for task in ("generate", "edit"):
-        rows = [i for i, it in enumerate(items) if it.request.task == task]
-        if rows:
-            f, m = featurizer(text_encoder, [items[i].request for i in rows])
-            parts.extend((i, f[k], m[k]) for k, i in enumerate(rows))
-    parts.sort(key=lambda p: p[0])
-    L = max(p[1].shape[0] for p in parts)
-    feats = torch.stack([F.pad(f, (0, 0, 0, L - f.shape[0])) for _, f, _ in parts])  # (B, L, D)
-    mask = torch.stack([F.pad(m, (0, L - m.shape[0])) for _, _, m in parts])  # (B, L)
-    return feats, mask
-
-
 def cell_slots(side: int, merge: int = 2, patch: int = 16) -> list[Position | None]:
     """The slot each merged vision token of a ``side``² VLM image covers (row-major), or None.
 
@@ -188,12 +176,6 @@ def cell_slots(side: int, merge: int = 2, patch: int = 16) -> list[Position | No
                     break
             out.append(owner)
     return out
-
-
-def _codes(o: world.ShapeObject | None) -> list[int]:
-    if o is None:
-        return [0, 0, 0]
-    return [COLOUR_NAMES.index(o.colour) + 1, SHAPES.index(o.shape) + 1, SIZES.index(o.size) + 1]
 
 
 def phrase_labels(
@@ -253,7 +235,7 @@ def readout_loss(
     labels = [scene_labels(s) for s in scenes]
     slot_y = torch.tensor([lab for lab, _ in labels]).view(-1, N_SLOT, 3)  # (B, 5, 3) int64
     bg_y = torch.tensor([bg for _, bg in labels])  # (B,) int64
-    slot_logits, bg_logits = readout(feats, mask)  # (B, 5, 15), (B, 3)
+    slot_logits, bg_logits, token_logits = readout(feats, mask)  # (B, 5, 15), (B, 3), (B, L, 15)
     c, s, z = torch.split(slot_logits, [N_COLOUR, N_SHAPE, N_SIZE], dim=-1)
     loss = (
         F.cross_entropy(c.flatten(0, 1), slot_y[..., 0].flatten())
@@ -262,7 +244,7 @@ def readout_loss(
         + F.cross_entropy(bg_logits, bg_y)
     )
     if token_labels is not None and bool((token_labels[..., 0] >= 0).any()):
-        tc, ts, tz = torch.split(readout.token_head(readout.norm(feats)), [N_COLOUR, N_SHAPE, N_SIZE], dim=-1)
+        tc, ts, tz = torch.split(token_logits, [N_COLOUR, N_SHAPE, N_SIZE], dim=-1)
         for logits, k in ((tc, 0), (ts, 1), (tz, 2)):  # (B, L, classes)
             loss = loss + F.cross_entropy(
                 logits.flatten(0, 1), token_labels[..., k].flatten(), ignore_index=-100
@@ -304,7 +286,9 @@ class TextPretrainStage:
         for group in self.opt.param_groups:
             group["lr"] = cosine_lr(i, self.total, self.cfg.lr, self.cfg.warmup)
         self.text_encoder.train()
-        feats, mask = encode_items(self.featurizer, self.text_encoder, items)  # (B, L, D), (B, L)
+        feats, mask = self.featurizer.encode_mixed(
+            self.text_encoder, [it.request for it in items]
+        )  # (B, L, D), (B, L)
         labels = phrase_labels(self.featurizer, items, feats.shape[1], self.cfg.read_images)  # (B, L, 3)
         loss, exact = readout_loss(self.readout, feats, mask, [it.scene for it in items], labels)
         self.opt.zero_grad(set_to_none=True)
@@ -320,7 +304,7 @@ class TextPretrainStage:
         hits = 0.0
         for k in range(0, len(items), batch):
             chunk = items[k : k + batch]
-            feats, mask = encode_items(self.featurizer, self.text_encoder, chunk)
+            feats, mask = self.featurizer.encode_mixed(self.text_encoder, [it.request for it in chunk])
             _, exact = readout_loss(self.readout, feats, mask, [it.scene for it in chunk])
             hits += float(exact.sum())
         return hits / max(1, len(items))

@@ -104,7 +104,7 @@ def test_readout_loss_falls_on_a_fixed_batch(text_parts: tuple[Any, Any, Any]) -
     items = text_pretrain.draw_items(np.random.default_rng(1), 8, edit_share=0.5)
     losses = []
     for _ in range(30):
-        feats, mask = text_pretrain.encode_items(featurizer, encoder, items)
+        feats, mask = featurizer.encode_mixed(encoder, [it.request for it in items])
         labels = text_pretrain.phrase_labels(featurizer, items, feats.shape[1], read_images=True)
         loss, _ = text_pretrain.readout_loss(stage.readout, feats, mask, [it.scene for it in items], labels)
         stage.opt.zero_grad()
