@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 DEFAULT_RUN = Path("runs/nano")
@@ -33,8 +34,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
     config = RecipeConfig.quick() if args.quick else None
-    if config is None and not (args.run_dir / "recipe.json").is_file():
+    saved = args.run_dir / "recipe.json"
+    if config is None and not saved.is_file():
         config = RecipeConfig()
+    if args.vae_precision is not None:
+        base = config if config is not None else RecipeConfig.from_json(json.loads(saved.read_text()))
+        config = replace(base, vae_precision=args.vae_precision)
     recipe = Recipe(args.run_dir, config, resume=not args.no_resume, progress=not args.no_progress)
     t0 = time.perf_counter()
     timings = recipe.run(stages, out=None if args.out == "none" else Path(args.out), force=args.force)
@@ -66,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="re-run stages already marked done")
         p.add_argument("--quick", action="store_true", help="tiny sizes and steps (smoke test)")
         p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+        p.add_argument(
+            "--vae-precision",
+            choices=("auto", "bf16", "fp32"),
+            default=None,
+            help="the VAE stage's precision (default: the run's recipe, 'auto' = bf16 only where the CPU "
+            "has native bf16; emulated bf16 is ~8x slower)",
+        )
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     plot = sub.add_parser("plot", help="plot the loss log")
     plot.add_argument("--log", default=str(DEFAULT_RUN / "train_log.json"))

@@ -10,7 +10,8 @@ are), and the decoder is trained on slightly noisy latents so that small denoisi
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,11 +21,29 @@ from model_runtime.train import world
 from model_runtime.train.configs import NanoSizes, vae_config
 from model_runtime.train.loop import cosine_lr
 
+VaePrecision = Literal["auto", "bf16", "fp32"]
+
 OBJECT_WEIGHT = 16.0
 EDGE_WEIGHT = 1.0
 MOMENT_WEIGHT = 0.01
 LATENT_NOISE = 0.05
 L1_WEIGHT = 0.5  # L1 keeps pulling small colour errors to zero, where MSE's gradient vanishes
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16).
+
+    Elsewhere (e.g. AVX2-only CPUs such as AMD Zen 3) PyTorch emulates bf16 and a bf16 autocast step of the
+    VAE stage is about 8× *slower* than fp32 (2.5 s vs 0.31 s per step measured on a 2-core AMD EPYC).
+    """
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_precision(precision: VaePrecision) -> Literal["bf16", "fp32"]:
+    """``auto`` → ``bf16`` where :func:`native_bf16`, else ``fp32``."""
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return precision
 
 
 def build_vae(sizes: NanoSizes, seed: int = 0) -> Any:
@@ -105,10 +124,19 @@ class VaeStage:
         batch: Images per step.
         lr: Peak learning rate.
         seed: Data seed.
+        precision: Forward precision: ``bf16`` autocast (fp32 master weights; 1.7× faster than fp32 with
+            channels_last on a CPU with AMX), ``fp32``, or ``auto`` (bf16 only where the CPU has it natively).
     """
 
     def __init__(
-        self, vae: Any, total: int, batch: int = 8, lr: float = 2e-3, seed: int = 1, crop: int = 64
+        self,
+        vae: Any,
+        total: int,
+        batch: int = 8,
+        lr: float = 2e-3,
+        seed: int = 1,
+        crop: int = 64,
+        precision: VaePrecision = "auto",
     ) -> None:
         self.vae = vae.to(memory_format=torch.channels_last)
         self.crop = crop
@@ -116,6 +144,7 @@ class VaeStage:
         self.batch = batch
         self.lr = lr
         self.seed = seed
+        self.precision = resolve_precision(precision)
         self.opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
 
     def step(self, i: int) -> dict[str, float]:
@@ -126,9 +155,12 @@ class VaeStage:
         for group in self.opt.param_groups:
             group["lr"] = cosine_lr(i, self.total, self.lr, warmup=min(50, self.total // 10 + 1))
         self.vae.train()
-        with torch.autocast(
-            "cpu", dtype=torch.bfloat16
-        ):  # fp32 master weights; 1.7× faster with channels_last
+        amp = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        with amp:
             parts = vae_loss(self.vae, x, w)
         self.opt.zero_grad(set_to_none=True)
         parts["loss"].backward()  # type: ignore[no-untyped-call]

@@ -99,3 +99,27 @@ def test_diffusion_loss_falls_on_a_fixed_batch(quick_run: tuple[Recipe, Path, di
         losses.append(float(loss))
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_vae_precision_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(vae_fit, "native_bf16", lambda native=native: native)
+        assert vae_fit.resolve_precision("auto") == expected
+        assert vae_fit.VaeStage(vae_fit.build_vae(NanoSizes.test()), 1).precision == expected
+    assert vae_fit.resolve_precision("fp32") == "fp32"
+    assert vae_fit.resolve_precision("bf16") == "bf16"
+
+
+def test_vae_stage_records_its_precision(quick_run: tuple[Recipe, Path, dict[str, float]]) -> None:
+    recipe, _, _ = quick_run
+    info = json.loads((recipe.run_dir / "vae" / "done.json").read_text())
+    assert info["precision"] == vae_fit.resolve_precision(recipe.cfg.vae_precision)
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_vae_step_runs_in_either_precision(precision: vae_fit.VaePrecision) -> None:
+    torch.manual_seed(0)
+    stage = vae_fit.VaeStage(vae_fit.build_vae(NanoSizes.test()), 2, batch=2, crop=32, precision=precision)
+    parts = stage.step(0)
+    assert math.isfinite(parts["loss"])
