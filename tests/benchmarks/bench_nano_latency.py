@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
+
+from _machine import cpu_info
 
 PROMPTS = (
     "a large red circle on the left and a small blue star at the top on a white background",
@@ -74,8 +75,7 @@ def main() -> None:
         "min_s": min(times),
         "stage_median_s": {k: statistics.median(v) for k, v in stages.items()},
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+        **cpu_info(),
         "load_average": os.getloadavg(),
     }
     print(

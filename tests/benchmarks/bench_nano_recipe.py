@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -29,17 +28,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from _machine import cpu_info
+
 SHIPPED_LOG = Path(__file__).resolve().parents[2] / "docs" / "results" / "nano" / "train_log.json"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _time_steps(stage: Any, warmup: int, steps: int, start: int = 0) -> float:
@@ -145,8 +136,7 @@ def main() -> None:
     total = sum(r["estimated_minutes"] for r in rows)
     shipped_total = sum(r["shipped_run_minutes"] or 0.0 for r in rows)
     result = {
-        "cpu": _cpu_name(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **cpu_info(),
         "vae_precision": vae_fit.resolve_precision(cfg.vae_precision),
         "threads": args.threads,
         "load_average": os.getloadavg()[0],

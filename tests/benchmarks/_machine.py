@@ -1,0 +1,35 @@
+"""What a benchmark ran on: CPU model and the fastest instruction set PyTorch uses on it.
+
+Numbers from two CPUs differ by 2× here (an AMX Xeon and an AVX2-only AMD EPYC ran the same nano steps at
+1.16 and ~2 s), so every benchmark report names its CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model, PyTorch's CPU capability (e.g. ``AVX2``, ``AVX512``), native bf16, core count."""
+    import torch
+
+    return {
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()),
+        "cpu_count": os.cpu_count(),
+    }
