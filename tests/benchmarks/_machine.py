@@ -1,7 +1,7 @@
 """What a benchmark ran on: CPU model and the fastest instruction set PyTorch uses on it.
 
-Numbers from two CPUs differ by 2× here (an AMX Xeon and an AVX2-only AMD EPYC ran the same nano steps at
-1.16 and ~2 s), so every benchmark report names its CPU.
+Numbers from two CPUs differ by up to 1.8× here (the nano recipe: 77 min on 2 cores of an AMX Xeon, an
+estimated 98–143 min on 2 cores of an AVX2-only AMD EPYC), so every benchmark report names its CPU.
 """
 
 from __future__ import annotations
