@@ -27,26 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("mobile", "attn2")
-
-
-def unet_for(variant: str, seed: int) -> Any:
-    import torch
-    from diffusers import DreamLiteUNetModel
-
-    from model_runtime.train import configs
-    from model_runtime.train.configs import NanoSizes
-
-    cfg = {k: v for k, v in configs.unet_config(NanoSizes()).items() if not k.startswith("_")}
-    if variant == "attn2":
-        cfg["down_block_types"] = [
+# block layouts that differ from the shipped (mobile) one
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "mobile": {},
+    "attn2": {
+        "down_block_types": [
             "CrossAttnDownRemoveSelfAttnBlock2D",
             "CrossAttnDownBlock2D",
             "CrossAttnDownBlock2D",
-        ]
-        cfg["up_block_types"] = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
-    torch.manual_seed(seed)
-    return DreamLiteUNetModel(**cfg)  # type: ignore[no-untyped-call]
+        ],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    },
+}
 
 
 def main() -> None:
@@ -55,7 +47,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-kind", type=int, default=8, help="held-out edits per kind (and 6x prompts)")
     parser.add_argument("--sample-steps", type=int, default=12)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(LAYOUTS))
     parser.add_argument("--out", default="docs/results/nano/copy-path-probe.json")
     args = parser.parse_args()
 
@@ -67,7 +59,9 @@ def main() -> None:
 
     from model_runtime.assets import default_model_dir
     from model_runtime.train import configs, diffusion, shapes_eval, world
+    from model_runtime.train.configs import NanoSizes
     from model_runtime.train.diffusion import DiffusionConfig, DiffusionStage, Example, NanoModels
+    from model_runtime.train.models import build_unet
     from model_runtime.train.recipe import Recipe, RecipeConfig
 
     torch.set_num_threads(args.threads)
@@ -112,7 +106,7 @@ def main() -> None:
         "variants": {},
     }
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        unet = unet_for(variant, seed=2)
+        unet = build_unet(NanoSizes(), seed=2, overrides=LAYOUTS[variant])
         models = NanoModels(text_encoder, unet, vae, featurizer, configs.scheduler_config())
         cfg = DiffusionConfig(edit_share=0.5, warmup=30)
         stage = DiffusionStage(models, cfg, args.steps, seed=777)

@@ -34,11 +34,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
     config = RecipeConfig.quick() if args.quick else None
-    saved = args.run_dir / "recipe.json"
-    if config is None and not saved.is_file():
-        config = RecipeConfig()
     if args.vae_precision is not None:
-        base = config if config is not None else RecipeConfig.from_json(json.loads(saved.read_text()))
+        base = config if config is not None else RecipeConfig.saved_or_default(args.run_dir)
         config = replace(base, vae_precision=args.vae_precision)
     recipe = Recipe(args.run_dir, config, resume=not args.no_resume, progress=not args.no_progress)
     t0 = time.perf_counter()

@@ -16,11 +16,12 @@ from model_runtime.train import configs, tokenizer_build
 from model_runtime.train.configs import NanoSizes
 
 
-def build_unet(sizes: NanoSizes, seed: int = 0) -> Any:
-    """A freshly initialised nano ``DreamLiteUNetModel``."""
+def build_unet(sizes: NanoSizes, seed: int = 0, overrides: dict[str, Any] | None = None) -> Any:
+    """A freshly initialised nano ``DreamLiteUNetModel`` (``overrides``: config keys to replace)."""
     from diffusers import DreamLiteUNetModel
 
     cfg = {k: v for k, v in configs.unet_config(sizes).items() if not k.startswith("_")}
+    cfg.update(overrides or {})
     torch.manual_seed(seed)
     return DreamLiteUNetModel(**cfg)  # type: ignore[no-untyped-call]
 

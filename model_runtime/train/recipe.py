@@ -110,6 +110,12 @@ class RecipeConfig:
         return asdict(self)
 
     @classmethod
+    def saved_or_default(cls, run_dir: Path) -> RecipeConfig:
+        """The recipe saved in ``run_dir`` (``recipe.json``), or the default one."""
+        saved = run_dir / "recipe.json"
+        return cls.from_json(json.loads(saved.read_text())) if saved.is_file() else cls()
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> RecipeConfig:
         """Inverse of :meth:`to_json`."""
         d = dict(data)
@@ -140,14 +146,11 @@ class Recipe:
         self.run_dir = run_dir
         self.resume = resume
         self.progress = progress
-        saved = run_dir / "recipe.json"
-        if config is None:
-            config = (
-                RecipeConfig.from_json(json.loads(saved.read_text())) if saved.is_file() else RecipeConfig()
-            )
-        self.cfg = config
+        self.cfg = config if config is not None else RecipeConfig.saved_or_default(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(config.to_json(), indent=1) + "\n", encoding="utf-8")
+        (run_dir / "recipe.json").write_text(
+            json.dumps(self.cfg.to_json(), indent=1) + "\n", encoding="utf-8"
+        )
         self.logs: dict[str, StageLog] = {}
         log_path = run_dir / "train_log.json"
         if log_path.is_file():

@@ -10,7 +10,6 @@ are), and the decoder is trained on slightly noisy latents so that small denoisi
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Literal
 
 import numpy as np
@@ -155,12 +154,7 @@ class VaeStage:
         for group in self.opt.param_groups:
             group["lr"] = cosine_lr(i, self.total, self.lr, warmup=min(50, self.total // 10 + 1))
         self.vae.train()
-        amp = (
-            torch.autocast("cpu", dtype=torch.bfloat16)
-            if self.precision == "bf16"
-            else contextlib.nullcontext()
-        )
-        with amp:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             parts = vae_loss(self.vae, x, w)
         self.opt.zero_grad(set_to_none=True)
         parts["loss"].backward()  # type: ignore[no-untyped-call]

@@ -27,9 +27,11 @@ def cpu_info() -> dict[str, Any]:
     """CPU model, PyTorch's CPU capability (e.g. ``AVX2``, ``AVX512``), native bf16, core count."""
     import torch
 
+    from model_runtime.train.vae_fit import native_bf16
+
     return {
         "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "native_bf16": bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()),
+        "native_bf16": native_bf16(),
         "cpu_count": os.cpu_count(),
     }

@@ -137,7 +137,7 @@ def main() -> None:
     shipped_total = sum(r["shipped_run_minutes"] or 0.0 for r in rows)
     result = {
         **cpu_info(),
-        "vae_precision": vae_fit.resolve_precision(cfg.vae_precision),
+        "vae_precision": vae_stage.precision,
         "threads": args.threads,
         "load_average": os.getloadavg()[0],
         "vae_encode_ms_per_image": round(per_image * 1000, 2),
