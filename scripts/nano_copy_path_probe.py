@@ -22,23 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
-
-# block layouts that differ from the shipped (mobile) one
-LAYOUTS: dict[str, dict[str, Any]] = {
-    "mobile": {},
-    "attn2": {
-        "down_block_types": [
-            "CrossAttnDownRemoveSelfAttnBlock2D",
-            "CrossAttnDownBlock2D",
-            "CrossAttnDownBlock2D",
-        ],
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    },
-}
 
 
 def main() -> None:
@@ -47,33 +32,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-kind", type=int, default=8, help="held-out edits per kind (and 6x prompts)")
     parser.add_argument("--sample-steps", type=int, default=12)
-    parser.add_argument("--variants", default=",".join(LAYOUTS))
+    parser.add_argument("--variants", default="mobile,attn2")
     parser.add_argument("--out", default="docs/results/nano/copy-path-probe.json")
     args = parser.parse_args()
 
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from diffusers import AutoencoderTiny
-    from transformers import Qwen3VLForConditionalGeneration
+    from _nano_probe import held_out_edits, load_shipped, write_report
 
-    from model_runtime.assets import default_model_dir
     from model_runtime.train import configs, diffusion, shapes_eval, world
     from model_runtime.train.configs import NanoSizes
     from model_runtime.train.diffusion import DiffusionConfig, DiffusionStage, Example, NanoModels
     from model_runtime.train.models import build_unet
-    from model_runtime.train.recipe import Recipe, RecipeConfig
 
     torch.set_num_threads(args.threads)
-    folder = default_model_dir()
-    vae = AutoencoderTiny.from_pretrained(str(folder / "vae")).float().eval().requires_grad_(False)  # type: ignore[no-untyped-call]
-    text_encoder = Qwen3VLForConditionalGeneration.from_pretrained(str(folder / "text_encoder")).float()
+    parts = load_shipped()
+    vae, text_encoder, featurizer = parts.vae, parts.text_encoder, parts.featurizer
     text_encoder.eval().requires_grad_(False)
-    with tempfile.TemporaryDirectory() as tmp:
-        featurizer = Recipe(Path(tmp), RecipeConfig(), progress=False).featurizer()
 
-    edits = [it.edit for it in shapes_eval.edit_items("heldout")]
-    edits = [e for k in shapes_eval.EDIT_KINDS for e in [e for e in edits if e.kind == k][: args.per_kind]]
+    edits = held_out_edits(args.per_kind)
     prompts = list(shapes_eval.generate_items("heldout"))[: 6 * args.per_kind]
     held: list[Example] = [
         Example("edit", e.instruction, world.render(e.target), world.render(e.source)) for e in edits
@@ -106,7 +84,7 @@ def main() -> None:
         "variants": {},
     }
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        unet = build_unet(NanoSizes(), seed=2, overrides=LAYOUTS[variant])
+        unet = build_unet(NanoSizes(), seed=2, overrides=configs.UNET_LAYOUTS[variant])
         models = NanoModels(text_encoder, unet, vae, featurizer, configs.scheduler_config())
         cfg = DiffusionConfig(edit_share=0.5, warmup=30)
         stage = DiffusionStage(models, cfg, args.steps, seed=777)
@@ -177,10 +155,7 @@ def main() -> None:
                 {k: row[k] for k in ("train_seconds", "mse_mean", "edit_overall", "generate_overall")}
             ),
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    write_report(args.out, results)
 
 
 if __name__ == "__main__":

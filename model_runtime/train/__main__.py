@@ -18,6 +18,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from model_runtime.train.configs import UNET_LAYOUTS
+
 DEFAULT_RUN = Path("runs/nano")
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "dreamlite-nano"
 
@@ -37,6 +39,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.vae_precision is not None:
         base = config if config is not None else RecipeConfig.saved_or_default(args.run_dir)
         config = replace(base, vae_precision=args.vae_precision)
+    if args.unet_layout is not None:
+        started = RecipeConfig.saved_or_default(args.run_dir).unet_layout
+        if (args.run_dir / "recipe.json").is_file() and started != args.unet_layout:
+            print(
+                f"--unet-layout {args.unet_layout}: the run in {args.run_dir} was started with "
+                f"{started!r}; its checkpoints cannot change layout (use a new --run-dir)",
+                file=sys.stderr,
+            )
+            return 2
+        base = config if config is not None else RecipeConfig.saved_or_default(args.run_dir)
+        config = replace(base, unet_layout=args.unet_layout)
     recipe = Recipe(args.run_dir, config, resume=not args.no_resume, progress=not args.no_progress)
     t0 = time.perf_counter()
     timings = recipe.run(stages, out=None if args.out == "none" else Path(args.out), force=args.force)
@@ -74,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="the VAE stage's precision (default: the run's recipe, 'auto' = bf16 only where the CPU "
             "has native bf16; emulated bf16 is ~8x slower)",
+        )
+        p.add_argument(
+            "--unet-layout",
+            choices=tuple(UNET_LAYOUTS),
+            default=None,
+            help="the UNet's block layout for a new run (default: the run's recipe; 'mobile' = "
+            "DreamLite-mobile's, the shipped one)",
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     plot = sub.add_parser("plot", help="plot the loss log")

@@ -7,6 +7,10 @@ One stage class serves all three; they differ only in the share of edit examples
   generate rows use an all-zero condition, as the official pipeline;
 * text: :class:`~model_runtime.train.text_features.TextFeaturizer` — the runtime's own templates, tokenizer,
   VLM preprocessing and pre-final-norm features, with the text encoder trained jointly;
+* identity edits (``copy_share``, 0 in the shipped recipe): some edit rows ask for their own source with an
+  empty instruction;
+* VLM source dropout (``vlm_image_drop``, 0 in the shipped recipe): the text stage of some edit rows sees a
+  blank image instead of the source, so that only the condition latent tells what to keep;
 * guidance dropout: the prompt is replaced by the official unconditional template (``text_drop``) and,
   for edits, the condition latent by zeros (``image_drop``), so the teacher supports the base pipeline's
   text and image guidance;
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import numpy as np
@@ -169,6 +173,36 @@ def object_weights(examples: Sequence[Example], weight: float) -> torch.Tensor:
     return 1.0 + (weight - 1.0) * m
 
 
+def identity_edits(examples: Sequence[Example], share: float, rng: np.random.Generator) -> list[Example]:
+    """``examples`` with about ``share`` of the edit rows turned into identity edits.
+
+    An identity edit asks for its own source with the unconditional (empty-instruction) template: the answer
+    is the condition latent itself, so these rows train the path from the condition half to the target half
+    alone. It is also what the base pipeline's image-only guidance branch (empty prompt + source) should
+    predict. ``share`` 0 draws nothing from ``rng``.
+    """
+    if share <= 0.0:
+        return list(examples)
+    return [
+        replace(e, prompt=None, target=e.source, target_key=e.source_key)
+        if e.task == "edit" and rng.random() < share
+        else e
+        for e in examples
+    ]
+
+
+def hide_sources(examples: Sequence[Example], share: float, rng: np.random.Generator) -> list[Example]:
+    """``examples`` with the VLM's view of about ``share`` of the edit sources replaced by a blank image.
+
+    Only the text stage sees the blank; the in-context condition latent still holds the source, so those rows
+    can only be solved by reading the condition half. ``share`` 0 draws nothing from ``rng``.
+    """
+    if share <= 0.0:
+        return list(examples)
+    blank = np.full((SIZE, SIZE, 3), 128, dtype=np.uint8)  # (H, W, 3) uint8 mid-gray
+    return [replace(e, source=blank) if e.task == "edit" and rng.random() < share else e for e in examples]
+
+
 @torch.no_grad()
 def encode_images(vae: Any, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
     """VAE latents of uint8 renders, as the pipeline computes them (x/255·2 − 1, no scaling).
@@ -262,6 +296,8 @@ class DiffusionConfig:
     warmup: int = 60
     text_drop: float = 0.1
     image_drop: float = 0.1
+    vlm_image_drop: float = 0.0
+    copy_share: float = 0.0
     logit_mean: float = 0.0
     logit_std: float = 1.0
     ema_decay: float = 0.995
@@ -299,7 +335,8 @@ class DiffusionStage:
     def batch(self, i: int) -> tuple[list[Example], np.random.Generator]:
         """The examples of step ``i`` (a pure function of the stage seed and ``i``)."""
         rng = np.random.default_rng([self.seed, i])
-        return draw_examples(rng, self.cfg.batch, self.cfg.edit_share, self.cfg.pool, self.seed), rng
+        examples = draw_examples(rng, self.cfg.batch, self.cfg.edit_share, self.cfg.pool, self.seed)
+        return identity_edits(examples, self.cfg.copy_share, rng), rng
 
     def loss(self, examples: Sequence[Example], rng: np.random.Generator) -> torch.Tensor:
         """Rectified-flow loss of one batch."""
@@ -316,7 +353,9 @@ class DiffusionStage:
                     [examples[i].source_key for i in keep],
                 )
         uncond = [bool(rng.random() < cfg.text_drop) for _ in examples]
-        text, mask = encode_texts(m, examples, uncond)  # (B, L, D), (B, L)
+        text, mask = encode_texts(
+            m, hide_sources(examples, cfg.vlm_image_drop, rng), uncond
+        )  # (B, L, D), (B, L)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         u = torch.randn(B, generator=gen) * cfg.logit_std + cfg.logit_mean
         t = shift_sigma(torch.sigmoid(u), self.mu)  # (B,) logit-normal, resolution-shifted

@@ -52,6 +52,8 @@ class RecipeConfig:
 
     Attributes:
         sizes: Model sizes.
+        unet_layout: The UNet's block layout, a key of ``configs.UNET_LAYOUTS`` (``mobile``:
+            DreamLite-mobile's, the shipped one).
         vae_steps: VAE steps (batch ``vae_batch`` of 64×64 crops).
         vae_precision: The VAE stage's forward precision (``auto``: bf16 autocast only on a CPU with native
             bf16; emulated bf16 is ~8× slower than fp32). The shipped VAE was fitted with bf16 (AMX).
@@ -64,6 +66,7 @@ class RecipeConfig:
     """
 
     sizes: NanoSizes = field(default_factory=NanoSizes)
+    unet_layout: str = "mobile"
     vae_steps: int = 3000
     vae_batch: int = 8
     vae_precision: vae_fit.VaePrecision = "auto"
@@ -82,6 +85,12 @@ class RecipeConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     distill_steps: int = 100
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.unet_layout not in configs.UNET_LAYOUTS:
+            raise ValueError(
+                f"unet_layout: expected one of {sorted(configs.UNET_LAYOUTS)}, got {self.unet_layout!r}"
+            )
 
     @classmethod
     def quick(cls) -> RecipeConfig:
@@ -208,7 +217,7 @@ class Recipe:
         featurizer = self.featurizer()
         return NanoModels(
             text_encoder=self.text_encoder(),
-            unet=build_unet(s, seed=self.cfg.seed + 2),
+            unet=build_unet(s, seed=self.cfg.seed + 2, overrides=configs.UNET_LAYOUTS[self.cfg.unet_layout]),
             vae=self.vae(),
             featurizer=featurizer,
             scheduler_config=configs.scheduler_config(),

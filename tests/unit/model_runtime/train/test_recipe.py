@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from model_runtime.train import diffusion, vae_fit
+from model_runtime.train import configs, diffusion, vae_fit
 from model_runtime.train.configs import NanoSizes
+from model_runtime.train.models import build_unet
 from model_runtime.train.recipe import STAGES, Recipe, RecipeConfig
 
 
@@ -123,3 +124,94 @@ def test_vae_step_runs_in_either_precision(precision: vae_fit.VaePrecision) -> N
     stage = vae_fit.VaeStage(vae_fit.build_vae(NanoSizes.test()), 2, batch=2, crop=32, precision=precision)
     parts = stage.step(0)
     assert math.isfinite(parts["loss"])
+
+
+def test_hide_sources_blanks_only_what_the_vlm_sees_of_edit_sources() -> None:
+    examples = diffusion.draw_examples(np.random.default_rng(0), 12, edit_share=0.5)
+    assert {e.task for e in examples} == {"edit", "generate"}
+    rng = np.random.default_rng(1)
+    unchanged = diffusion.hide_sources(examples, 0.0, rng)
+    assert all(a is b for a, b in zip(unchanged, examples, strict=True))
+    assert rng.bit_generator.state == np.random.default_rng(1).bit_generator.state  # nothing drawn
+    hidden = diffusion.hide_sources(examples, 1.0, np.random.default_rng(2))
+    for before, after in zip(examples, hidden, strict=True):
+        if before.task == "generate":
+            assert after is before
+            continue
+        assert after.source is not None
+        assert after.source.shape == (128, 128, 3)
+        assert (after.source == 128).all()
+        assert after.target is before.target
+        assert after.prompt == before.prompt
+
+
+@pytest.mark.parametrize("layout", sorted(configs.UNET_LAYOUTS))
+def test_every_unet_layout_runs_and_saves_its_blocks(layout: str, tmp_path: Path) -> None:
+    from diffusers import DreamLiteUNetModel
+
+    sizes = NanoSizes.test()
+    unet = build_unet(sizes, seed=0, overrides=configs.UNET_LAYOUTS[layout]).eval()
+    x = torch.randn(2, 4, 4, 4)  # (B, 4, h, w) noisy target latents
+    cond = torch.randn(2, 4, 4, 4)  # (B, 4, h, w) condition latents
+    text = torch.randn(2, 5, sizes.text_hidden)  # (B, L, D)
+    mask = torch.ones(2, 5, dtype=torch.int64)  # (B, L)
+    with torch.no_grad():
+        v = diffusion.unet_velocity(unet, x, cond, torch.tensor([0.3, 0.9]), text, mask)
+    assert v.shape == (2, 4, 4, 4)
+    assert torch.isfinite(v).all()
+    unet.save_pretrained(tmp_path)
+    loaded = DreamLiteUNetModel.from_pretrained(tmp_path)  # type: ignore[no-untyped-call]
+    expected = {**configs.unet_config(sizes), **configs.UNET_LAYOUTS[layout]}
+    assert list(loaded.config.down_block_types) == expected["down_block_types"]
+    assert list(loaded.config.up_block_types) == expected["up_block_types"]
+    self_attn = sum(1 for name, _ in unet.named_modules() if name.endswith("attn1"))
+    mobile = build_unet(sizes, seed=0)
+    assert self_attn >= sum(1 for name, _ in mobile.named_modules() if name.endswith("attn1"))
+    assert (self_attn > 6) == (layout != "mobile")  # mobile: the deepest stage only
+
+
+def test_recipe_rejects_an_unknown_layout() -> None:
+    with pytest.raises(ValueError, match=r"unet_layout: expected one of .*'mobile'.*got 'wide'"):
+        RecipeConfig(unet_layout="wide")
+    assert RecipeConfig.from_json({**RecipeConfig().to_json(), "unet_layout": "attn2"}).unet_layout == "attn2"
+    legacy = RecipeConfig().to_json()
+    del legacy["unet_layout"]
+    del legacy["joint"]["vlm_image_drop"]
+    restored = RecipeConfig.from_json(legacy)  # a recipe.json written before these options
+    assert (restored.unet_layout, restored.joint.vlm_image_drop) == ("mobile", 0.0)
+
+
+def test_cli_sets_the_layout_of_a_new_run_and_refuses_to_change_a_started_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_runtime.train.__main__ import main
+
+    args = ["--quick", "--stage", "tokenizer", "--out", "none", "--no-progress"]
+    assert main(["--run-dir", str(tmp_path), "--unet-layout", "topup", *args]) == 0
+    assert json.loads((tmp_path / "recipe.json").read_text())["unet_layout"] == "topup"
+    assert main(["--run-dir", str(tmp_path), "--unet-layout", "attn2", *args]) == 2
+    assert "started with 'topup'" in capsys.readouterr().err
+
+
+def test_identity_edits_ask_for_their_own_source_with_an_empty_instruction() -> None:
+    examples = diffusion.draw_examples(np.random.default_rng(3), 12, edit_share=0.5)
+    rng = np.random.default_rng(4)
+    assert all(a is b for a, b in zip(diffusion.identity_edits(examples, 0.0, rng), examples, strict=True))
+    assert rng.bit_generator.state == np.random.default_rng(4).bit_generator.state  # nothing drawn
+    for before, after in zip(examples, diffusion.identity_edits(examples, 1.0, rng), strict=True):
+        if before.task == "generate":
+            assert after is before
+            continue
+        assert after.prompt is None  # the unconditional template
+        assert after.target is before.source
+        assert after.source is before.source
+        assert after.target_key == before.source_key
+
+
+def test_a_stage_with_identity_edits_trains_on_them(quick_run: tuple[Recipe, Path, dict[str, float]]) -> None:
+    recipe, _, _ = quick_run
+    cfg = diffusion.DiffusionConfig(edit_share=1.0, batch=4, warmup=1, copy_share=1.0, vlm_image_drop=1.0)
+    stage = diffusion.DiffusionStage(recipe.models(), cfg, 2, seed=5)
+    examples, _ = stage.batch(0)
+    assert all(e.prompt is None and e.target is e.source for e in examples)
+    assert math.isfinite(stage.step(0)["loss"])
