@@ -12,7 +12,8 @@ Then it fine-tunes copies of the shipped model for ``--steps`` steps (the recipe
 ``--edit-share`` edit rows: 0.5 as the joint stage, 1 as the edit stage; the text encoder trained at its low
 rate) in several arms, measuring usage every ``--every`` steps, and finally scores Euler samples (no
 guidance) of held-out edits and prompts with ShapesEval. Arms are ``name:layout:vlm_image_drop[:copy_share]``
-(``--task copy`` trains and measures identity edits only: the copy path alone):
+(``--task copy`` trains and measures identity edits only: the copy path alone; ``--pre-copy N`` trains every
+arm on N steps of identity edits first, a copy curriculum):
 
 * ``layout``: a key of ``configs.UNET_LAYOUTS``. New transformer modules start with a zero ``proj_out``
   (an identity, so ``topup`` starts from exactly the shipped function); self-attention added to a block that
@@ -52,6 +53,10 @@ def main() -> None:
         default="edit",
         help="copy: every edit row asks for its own source (unconditional text): the copy path alone",
     )
+    parser.add_argument(
+        "--pre-copy", type=int, default=0, help="identity-edit steps before each arm's training"
+    )
+    parser.add_argument("--pre-copy-lr", type=float, default=1e-3)
     parser.add_argument("--edit-share", type=float, default=0.5, help="share of edit rows per batch")
     parser.add_argument("--arms", default="base:mobile:0,topup:topup:0,blind:mobile:0.5")
     parser.add_argument("--out", default="docs/results/nano/cond-usage-probe.json")
@@ -172,6 +177,7 @@ def main() -> None:
         "steps": args.steps,
         "lr": args.lr,
         "edit_share": args.edit_share,
+        "pre_copy": args.pre_copy,
         "levels": list(levels),
         "held_out": {"edits": n_edit, "prompts": len(prompts)},
         "sample_steps": args.sample_steps,
@@ -197,6 +203,20 @@ def main() -> None:
         )
         curve = [{"step": 0, **measure(models)}]
         print(name, json.dumps(curve[-1]), flush=True)
+        if args.pre_copy:  # a copy curriculum: identity edits only, then the arm's data
+            pre_cfg = DiffusionConfig(
+                edit_share=1.0, lr=args.pre_copy_lr, warmup=20, copy_share=1.0, image_drop=0.0, text_drop=0.0
+            )
+            pre = DiffusionStage(models, pre_cfg, args.pre_copy, seed=4343)
+            t_pre = time.perf_counter()
+            for i in range(args.pre_copy):
+                pre.step(i)
+            pre.apply_ema()
+            pre_s = round(time.perf_counter() - t_pre, 1)
+            curve.append(
+                {"step": 0, "after_copy_steps": args.pre_copy, "copy_seconds": pre_s, **measure(models)}
+            )
+            print(name, json.dumps(curve[-1]), flush=True)
         cfg = DiffusionConfig(
             edit_share=args.edit_share,
             lr=args.lr,
