@@ -90,8 +90,8 @@ class NanoSizes:
 # Block layouts of the UNet, as overrides of :func:`unet_config`. ``mobile`` is DreamLite-mobile's (self-
 # attention only at the deepest stage); the others add self-attention with the same block types, for probes
 # of the in-context copy path: ``attn2`` at the middle stage (8×16 tokens), ``topup`` in the last up stage
-# (16×32 tokens, where the mobile layout has no attention at all) (``scripts/nano_copy_path_probe.py``,
-# ``scripts/nano_cond_usage_probe.py``).
+# (16×32 tokens, where the mobile layout has no attention at all). Probes:
+# ``scripts/nano_copy_path_probe.py``, ``scripts/nano_cond_usage_probe.py``.
 UNET_LAYOUTS: dict[str, dict[str, Any]] = {
     "mobile": {},
     "attn2": {
