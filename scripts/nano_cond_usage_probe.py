@@ -104,6 +104,8 @@ def main() -> None:
 
     keep = untouched_cells()  # (E, 1, 16, 16)
     x0 = diffusion.encode_images(vae, [ex.target for ex in held])  # type: ignore[misc]  # (B, 4, 16, 16)
+    src = diffusion.encode_images(vae, [ex.source for ex in held[:n_edit]])  # type: ignore[misc]  # (E, 4, 16, 16)
+    cond = torch.cat([src, torch.zeros_like(x0[n_edit:])])  # (B, 4, 16, 16): the frozen VAE's, computed once
     levels = (0.6, 0.9)
     noises = [
         torch.randn(x0.shape, generator=torch.Generator().manual_seed(5 + i)) for i in range(len(levels))
@@ -113,14 +115,13 @@ def main() -> None:
     def measure(models: NanoModels) -> dict[str, float]:
         models.unet.eval()
         models.text_encoder.eval()
-        c = diffusion.conditions(models, held, guided=False)
-        zero = torch.zeros_like(c.cond)
+        text, mask = diffusion.encode_texts(models, held, [False] * len(held))  # (B, L, D), (B, L)
         out: dict[str, list[float]] = {"untouched_with": [], "untouched_without": [], "generate": []}
         for level, noise in zip(levels, noises, strict=True):
             t = torch.full((len(held),), level)
             x_t = (1 - level) * x0 + level * noise  # (B, 4, 16, 16)
-            for key, cond in (("untouched_with", c.cond), ("untouched_without", zero)):
-                v = diffusion.unet_velocity(models.unet, x_t, cond, t, c.text, c.mask)
+            for key, c in (("untouched_with", cond), ("untouched_without", torch.zeros_like(cond))):
+                v = diffusion.unet_velocity(models.unet, x_t, c, t, text, mask)
                 err = ((x_t - level * v - x0) ** 2).mean(dim=1, keepdim=True)  # (B, 1, 16, 16) x0 error
                 out[key].append(float((err[:n_edit] * keep).sum() / keep.sum()))
                 if key == "untouched_with":
@@ -158,7 +159,7 @@ def main() -> None:
         }
 
     def warm_unet(layout: str) -> Any:
-        unet = build_unet(NanoSizes(), seed=3, overrides=configs.UNET_LAYOUTS[layout])
+        unet = build_unet(NanoSizes(), seed=3, layout=layout)
         missing = set(unet.load_state_dict(shipped_unet.state_dict(), strict=False).missing_keys)
         with torch.no_grad():
             for name, module in unet.named_modules():
@@ -183,7 +184,6 @@ def main() -> None:
         "sample_steps": args.sample_steps,
         "arms": {},
     }
-    src = diffusion.encode_images(vae, [ex.source for ex in held[:n_edit]])  # type: ignore[misc]  # (E, 4, 16, 16)
     gap = ((src - x0[:n_edit]) ** 2).mean(dim=1, keepdim=True)  # (E, 1, 16, 16)
     results["untouched_cells"] = {  # how much of the answer the condition latent holds
         "count": int(keep.sum()),

@@ -84,7 +84,7 @@ def main() -> None:
         "variants": {},
     }
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        unet = build_unet(NanoSizes(), seed=2, overrides=configs.UNET_LAYOUTS[variant])
+        unet = build_unet(NanoSizes(), seed=2, layout=variant)
         models = NanoModels(text_encoder, unet, vae, featurizer, configs.scheduler_config())
         cfg = DiffusionConfig(edit_share=0.5, warmup=30)
         stage = DiffusionStage(models, cfg, args.steps, seed=777)

@@ -36,20 +36,22 @@ def _run(args: argparse.Namespace) -> int:
         print(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
     config = RecipeConfig.quick() if args.quick else None
-    if args.vae_precision is not None:
-        base = config if config is not None else RecipeConfig.saved_or_default(args.run_dir)
-        config = replace(base, vae_precision=args.vae_precision)
-    if args.unet_layout is not None:
-        started = RecipeConfig.saved_or_default(args.run_dir).unet_layout
-        if (args.run_dir / "recipe.json").is_file() and started != args.unet_layout:
+    overrides = {
+        key: value
+        for key, value in (("vae_precision", args.vae_precision), ("unet_layout", args.unet_layout))
+        if value is not None
+    }
+    if overrides:
+        saved = RecipeConfig.saved_or_default(args.run_dir)
+        started = (args.run_dir / "recipe.json").is_file()
+        if args.unet_layout is not None and started and saved.unet_layout != args.unet_layout:
             print(
                 f"--unet-layout {args.unet_layout}: the run in {args.run_dir} was started with "
-                f"{started!r}; its checkpoints cannot change layout (use a new --run-dir)",
+                f"{saved.unet_layout!r}; its checkpoints cannot change layout (use a new --run-dir)",
                 file=sys.stderr,
             )
             return 2
-        base = config if config is not None else RecipeConfig.saved_or_default(args.run_dir)
-        config = replace(base, unet_layout=args.unet_layout)
+        config = replace(config if config is not None else saved, **overrides)
     recipe = Recipe(args.run_dir, config, resume=not args.no_resume, progress=not args.no_progress)
     t0 = time.perf_counter()
     timings = recipe.run(stages, out=None if args.out == "none" else Path(args.out), force=args.force)

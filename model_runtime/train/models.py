@@ -16,12 +16,12 @@ from model_runtime.train import configs, tokenizer_build
 from model_runtime.train.configs import NanoSizes
 
 
-def build_unet(sizes: NanoSizes, seed: int = 0, overrides: dict[str, Any] | None = None) -> Any:
-    """A freshly initialised nano ``DreamLiteUNetModel`` (``overrides``: config keys to replace)."""
+def build_unet(sizes: NanoSizes, seed: int = 0, layout: str = "mobile") -> Any:
+    """A freshly initialised nano ``DreamLiteUNetModel`` with a block layout of ``configs.UNET_LAYOUTS``."""
     from diffusers import DreamLiteUNetModel
 
     cfg = {k: v for k, v in configs.unet_config(sizes).items() if not k.startswith("_")}
-    cfg.update(overrides or {})
+    cfg.update(configs.UNET_LAYOUTS[layout])
     torch.manual_seed(seed)
     return DreamLiteUNetModel(**cfg)  # type: ignore[no-untyped-call]
 

@@ -217,7 +217,7 @@ class Recipe:
         featurizer = self.featurizer()
         return NanoModels(
             text_encoder=self.text_encoder(),
-            unet=build_unet(s, seed=self.cfg.seed + 2, overrides=configs.UNET_LAYOUTS[self.cfg.unet_layout]),
+            unet=build_unet(s, seed=self.cfg.seed + 2, layout=self.cfg.unet_layout),
             vae=self.vae(),
             featurizer=featurizer,
             scheduler_config=configs.scheduler_config(),

@@ -150,7 +150,7 @@ def test_every_unet_layout_runs_and_saves_its_blocks(layout: str, tmp_path: Path
     from diffusers import DreamLiteUNetModel
 
     sizes = NanoSizes.test()
-    unet = build_unet(sizes, seed=0, overrides=configs.UNET_LAYOUTS[layout]).eval()
+    unet = build_unet(sizes, seed=0, layout=layout).eval()
     x = torch.randn(2, 4, 4, 4)  # (B, 4, h, w) noisy target latents
     cond = torch.randn(2, 4, 4, 4)  # (B, 4, h, w) condition latents
     text = torch.randn(2, 5, sizes.text_hidden)  # (B, L, D)
