@@ -11,9 +11,10 @@ the condition half is ignored.
 Then it fine-tunes copies of the shipped model for ``--steps`` steps (the recipe's data and hyper-parameters,
 ``--edit-share`` edit rows: 0.5 as the joint stage, 1 as the edit stage; the text encoder trained at its low
 rate) in several arms, measuring usage every ``--every`` steps, and finally scores Euler samples (no
-guidance) of held-out edits and prompts with ShapesEval. Arms are ``name:layout:vlm_image_drop[:copy_share]``
-(``--task copy`` trains and measures identity edits only: the copy path alone; ``--pre-copy N`` trains every
-arm on N steps of identity edits first, a copy curriculum):
+guidance) of held-out edits and prompts with ShapesEval. Arms are
+``name:layout:vlm_image_drop[:copy_share[:keep_weight[:freeze]]]`` (``--task copy`` trains and measures
+identity edits only: the copy path alone; ``--pre-copy N`` first trains each layout on N steps of identity
+edits, once, and every arm of that layout starts from the result, a copy curriculum):
 
 * ``layout``: a key of ``configs.UNET_LAYOUTS``. New transformer modules start with a zero ``proj_out``
   (an identity, so ``topup`` starts from exactly the shipped function); self-attention added to a block that
@@ -21,7 +22,11 @@ arm on N steps of identity edits first, a copy curriculum):
   remove-self-attention path replaces the residual by ``norm1``'s output), so ``attn2`` starts nearby;
 * ``vlm_image_drop``: share of edit rows whose VLM sees a blank image instead of the source (so only the
   condition latent tells what to keep);
-* ``copy_share``: share of edit rows turned into identity edits (empty instruction, target = source).
+* ``copy_share``: share of edit rows turned into identity edits (empty instruction, target = source);
+* ``keep_weight``: loss weight of the cells of objects the edit leaves as they are (``object_weight`` 4 when
+  not given, or ``-``): a loss that rewards copying them from the condition latent;
+* ``freeze``: ``+``-separated parts of UNet parameter names (``attn1``: every self-attention) that the arm's
+  training leaves as they are, e.g. as the copy curriculum left them.
 
 Warm starts from the shipped 4-step student: the arms rank interventions against each other; they do not
 predict a full recipe run.
@@ -195,34 +200,58 @@ def main() -> None:
     if args.task == "edit":
         results["shipped"]["shapes"] = shapes_scores(shipped)
     print("shipped", json.dumps(results["shipped"]), flush=True)
+    pre_copied: dict[str, tuple[Any, Any, list[dict[str, Any]]]] = {}  # layout -> (text, unet, curve)
+
+    def start(layout: str) -> tuple[NanoModels, list[dict[str, Any]]]:
+        """The arm's starting models: the shipped ones, after the (shared) copy curriculum if asked."""
+        if layout not in pre_copied:
+            models = NanoModels(
+                copy.deepcopy(shipped_text), warm_unet(layout), vae, featurizer, configs.scheduler_config()
+            )
+            curve = [{"step": 0, **measure(models)}]
+            print(layout, json.dumps(curve[-1]), flush=True)
+            if args.pre_copy:  # a copy curriculum: identity edits only, then the arm's data
+                pre_cfg = DiffusionConfig(
+                    edit_share=1.0,
+                    lr=args.pre_copy_lr,
+                    warmup=20,
+                    copy_share=1.0,
+                    image_drop=0.0,
+                    text_drop=0.0,
+                )
+                pre = DiffusionStage(models, pre_cfg, args.pre_copy, seed=4343)
+                t_pre = time.perf_counter()
+                for i in range(args.pre_copy):
+                    pre.step(i)
+                pre.apply_ema()
+                pre_s = round(time.perf_counter() - t_pre, 1)
+                curve.append(
+                    {"step": 0, "after_copy_steps": args.pre_copy, "copy_seconds": pre_s, **measure(models)}
+                )
+                print(layout, json.dumps(curve[-1]), flush=True)
+            pre_copied[layout] = (models.text_encoder, models.unet, curve)
+        text_encoder, unet, curve = pre_copied[layout]
+        models = NanoModels(
+            copy.deepcopy(text_encoder), copy.deepcopy(unet), vae, featurizer, configs.scheduler_config()
+        )
+        return models, copy.deepcopy(curve)
+
     for spec in [s.strip() for s in args.arms.split(",") if s.strip()]:
         name, layout, drop, *rest = spec.split(":")
         copy_share = float(rest[0]) if rest else 0.0
-        models = NanoModels(
-            copy.deepcopy(shipped_text), warm_unet(layout), vae, featurizer, configs.scheduler_config()
-        )
-        curve = [{"step": 0, **measure(models)}]
-        print(name, json.dumps(curve[-1]), flush=True)
-        if args.pre_copy:  # a copy curriculum: identity edits only, then the arm's data
-            pre_cfg = DiffusionConfig(
-                edit_share=1.0, lr=args.pre_copy_lr, warmup=20, copy_share=1.0, image_drop=0.0, text_drop=0.0
-            )
-            pre = DiffusionStage(models, pre_cfg, args.pre_copy, seed=4343)
-            t_pre = time.perf_counter()
-            for i in range(args.pre_copy):
-                pre.step(i)
-            pre.apply_ema()
-            pre_s = round(time.perf_counter() - t_pre, 1)
-            curve.append(
-                {"step": 0, "after_copy_steps": args.pre_copy, "copy_seconds": pre_s, **measure(models)}
-            )
-            print(name, json.dumps(curve[-1]), flush=True)
+        keep_weight = float(rest[1]) if len(rest) > 1 and rest[1] != "-" else None
+        freeze = rest[2].split("+") if len(rest) > 2 else []
+        models, curve = start(layout)
+        frozen = [p for n, p in models.unet.named_parameters() if any(k and k in n for k in freeze)]
+        for p in frozen:  # e.g. the copy curriculum's self-attention, kept through the edit steps
+            p.requires_grad_(False)
         cfg = DiffusionConfig(
             edit_share=args.edit_share,
             lr=args.lr,
             warmup=20,
             vlm_image_drop=float(drop),
             copy_share=copy_share,
+            keep_weight=keep_weight,
         )
         if args.task == "copy":
             cfg = replace(cfg, edit_share=1.0, copy_share=1.0, image_drop=0.0, text_drop=0.0)
@@ -244,6 +273,8 @@ def main() -> None:
             "layout": layout,
             "vlm_image_drop": float(drop),
             "copy_share": copy_share,
+            "keep_weight": keep_weight,
+            "frozen": {"name_parts": freeze, "params": sum(p.numel() for p in frozen)},
             "params": sum(p.numel() for p in models.unet.parameters()),
             "train_seconds": round(train_s, 1),
             "curve": curve,

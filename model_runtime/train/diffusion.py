@@ -9,6 +9,8 @@ One stage class serves all three; they differ only in the share of edit examples
   VLM preprocessing and pre-final-norm features, with the text encoder trained jointly;
 * identity edits (``copy_share``, 0 in the shipped recipe): some edit rows ask for their own source with an
   empty instruction;
+* copy-rewarding loss (``keep_weight``, off in the shipped recipe): the cells of objects an edit leaves
+  as they are, whose answer is in the condition latent, weigh ``keep_weight`` instead of ``object_weight``;
 * VLM source dropout (``vlm_image_drop``, 0 in the shipped recipe): the text stage of some edit rows sees a
   blank image instead of the source, so that only the condition latent tells what to keep;
 * guidance dropout: the prompt is replaced by the official unconditional template (``text_drop``) and,
@@ -173,6 +175,44 @@ def object_weights(examples: Sequence[Example], weight: float) -> torch.Tensor:
     return 1.0 + (weight - 1.0) * m
 
 
+def kept_cells(examples: Sequence[Example]) -> torch.Tensor:
+    """Latent cells of edit rows whose answer is in the condition latent: objects the edit leaves as they are.
+
+    A cell counts when it touches an object of the target and no pixel of it, or of its 8 neighbours, differs
+    between source and target (so a background edit keeps nothing). Generate rows keep nothing.
+
+    Returns:
+        ``(B, 1, 16, 16)`` float32 in {0, 1}.
+    """
+    masks = []
+    for e in examples:
+        obj = np.zeros((SIZE, SIZE), dtype=bool)
+        changed = np.zeros((SIZE, SIZE), dtype=bool)
+        if e.source is not None and e.target is not None:
+            tgt, src = e.target.astype(np.int16), e.source.astype(np.int16)
+            obj = np.abs(tgt - tgt[:1, :1]).max(axis=2) > 8
+            changed = np.abs(tgt - src).max(axis=2) > 8
+        masks.append(np.stack([obj, changed]))
+    m = F.max_pool2d(torch.from_numpy(np.stack(masks)).float(), kernel_size=8)  # (B, 2, h, w)
+    near_change = F.max_pool2d(m[:, 1:], kernel_size=3, stride=1, padding=1)  # (B, 1, h, w)
+    return m[:, :1] * (1.0 - near_change)
+
+
+def loss_weights(
+    examples: Sequence[Example], object_weight: float, keep_weight: float | None
+) -> torch.Tensor:
+    """Per-cell loss weights of a batch: :func:`object_weights`, then ``keep_weight`` on :func:`kept_cells`.
+
+    Returns:
+        ``(B, 1, 16, 16)`` float32.
+    """
+    w = object_weights(examples, object_weight)  # (B, 1, h, w)
+    if keep_weight is None:
+        return w
+    kept = kept_cells(examples)  # (B, 1, h, w)
+    return w * (1.0 - kept) + keep_weight * kept
+
+
 def identity_edits(examples: Sequence[Example], share: float, rng: np.random.Generator) -> list[Example]:
     """``examples`` with about ``share`` of the edit rows turned into identity edits.
 
@@ -298,6 +338,7 @@ class DiffusionConfig:
     image_drop: float = 0.1
     vlm_image_drop: float = 0.0
     copy_share: float = 0.0
+    keep_weight: float | None = None
     logit_mean: float = 0.0
     logit_std: float = 1.0
     ema_decay: float = 0.995
@@ -363,9 +404,9 @@ class DiffusionStage:
         tb = t[:, None, None, None]
         x_t = (1.0 - tb) * x0 + tb * noise  # (B, 4, h, w)
         v = unet_velocity(m.unet, x_t, cond, t, text, mask)  # (B, 4, h, w)
-        if cfg.object_weight == 1.0:
+        if cfg.object_weight == 1.0 and cfg.keep_weight is None:
             return F.mse_loss(v, noise - x0)
-        w = object_weights(examples, cfg.object_weight)  # (B, 1, h, w)
+        w = loss_weights(examples, cfg.object_weight, cfg.keep_weight)  # (B, 1, h, w)
         return ((v - (noise - x0)) ** 2 * w).mean() / w.mean()
 
     def step(self, i: int) -> dict[str, float]:

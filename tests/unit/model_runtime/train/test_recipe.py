@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_runtime.train import configs, diffusion, vae_fit
+from model_runtime.train import configs, diffusion, shapes_eval, vae_fit, world
 from model_runtime.train.configs import NanoSizes
 from model_runtime.train.models import build_unet
 from model_runtime.train.recipe import STAGES, Recipe, RecipeConfig
@@ -215,3 +215,25 @@ def test_a_stage_with_identity_edits_trains_on_them(quick_run: tuple[Recipe, Pat
     examples, _ = stage.batch(0)
     assert all(e.prompt is None and e.target is e.source for e in examples)
     assert math.isfinite(stage.step(0)["loss"])
+
+
+def test_kept_cells_are_the_untouched_objects_of_an_edit() -> None:
+    edits = {it.edit.kind: it.edit for it in reversed(shapes_eval.edit_items("train"))}
+    for kind, e in edits.items():
+        ex = diffusion.Example("edit", e.instruction, world.render(e.target), world.render(e.source))
+        kept = diffusion.kept_cells([ex])  # (1, 1, 16, 16)
+        weights = diffusion.loss_weights([ex], 4.0, 16.0)
+        assert torch.equal(diffusion.loss_weights([ex], 4.0, None), diffusion.object_weights([ex], 4.0))
+        assert set(weights.unique().tolist()) <= {1.0, 4.0, 16.0}
+        assert torch.equal(weights == 16.0, kept.bool())
+        if kind == "background":  # every pixel of the background changes: nothing to copy
+            assert kept.sum() == 0
+            continue
+        n_objects = len(e.source.objects) + (kind == "add") - (kind == "remove")
+        if n_objects > 1:
+            assert kept.sum() > 0
+        changed = np.abs(ex.target.astype(int) - ex.source.astype(int)).max(axis=2) > 8  # (128, 128)
+        cells = torch.from_numpy(changed).float()[None, None]
+        assert (kept * torch.nn.functional.max_pool2d(cells, 8)).sum() == 0  # no changed pixel is kept
+    generate = diffusion.Example("generate", "a red circle", world.render(edits["colour"].target))
+    assert diffusion.kept_cells([generate]).sum() == 0
