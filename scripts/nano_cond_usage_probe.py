@@ -41,6 +41,7 @@ import copy
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 
@@ -62,6 +63,11 @@ def main() -> None:
         "--pre-copy", type=int, default=0, help="identity-edit steps before each arm's training"
     )
     parser.add_argument("--pre-copy-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--pre-copy-ckpt",
+        default=None,
+        help="path prefix of the copy curriculum's weights (+ .LAYOUT.pt): loaded if present, else written",
+    )
     parser.add_argument("--edit-share", type=float, default=0.5, help="share of edit rows per batch")
     parser.add_argument("--arms", default="base:mobile:0,topup:topup:0,blind:mobile:0.5")
     parser.add_argument("--out", default="docs/results/nano/cond-usage-probe.json")
@@ -210,7 +216,16 @@ def main() -> None:
             )
             curve = [{"step": 0, **measure(models)}]
             print(layout, json.dumps(curve[-1]), flush=True)
-            if args.pre_copy:  # a copy curriculum: identity edits only, then the arm's data
+            ckpt = Path(f"{args.pre_copy_ckpt}.{layout}.pt") if args.pre_copy_ckpt else None
+            if args.pre_copy and ckpt is not None and ckpt.is_file():
+                saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+                if saved["pre_copy"] != args.pre_copy:
+                    raise SystemExit(f"{ckpt} holds {saved['pre_copy']} copy steps, not {args.pre_copy}")
+                models.unet.load_state_dict(saved["unet"])
+                models.text_encoder.load_state_dict(saved["text_encoder"])
+                curve.append(saved["curve_entry"])
+                print(layout, "loaded", ckpt, json.dumps(curve[-1]), flush=True)
+            elif args.pre_copy:  # a copy curriculum: identity edits only, then the arm's data
                 pre_cfg = DiffusionConfig(
                     edit_share=1.0,
                     lr=args.pre_copy_lr,
@@ -229,6 +244,14 @@ def main() -> None:
                     {"step": 0, "after_copy_steps": args.pre_copy, "copy_seconds": pre_s, **measure(models)}
                 )
                 print(layout, json.dumps(curve[-1]), flush=True)
+                if ckpt is not None:
+                    state = {
+                        "pre_copy": args.pre_copy,
+                        "unet": models.unet.state_dict(),
+                        "text_encoder": models.text_encoder.state_dict(),
+                        "curve_entry": curve[-1],
+                    }
+                    torch.save(state, ckpt)
             pre_copied[layout] = (models.text_encoder, models.unet, curve)
         text_encoder, unet, curve = pre_copied[layout]
         models = NanoModels(

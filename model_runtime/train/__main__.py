@@ -5,6 +5,7 @@ Examples::
     python -m model_runtime.train                       # the whole recipe into runs/nano, resumable
     python -m model_runtime.train --stage t2i --stage edit   # single stages (earlier ones must be done)
     python -m model_runtime.train --no-resume --force   # start again from scratch
+    python -m model_runtime.train --run-dir runs/copy --copy-steps 600   # a new run with a copy stage
     python -m model_runtime.train plot --log runs/nano/train_log.json --out docs/img/nano-loss.png
 """
 
@@ -38,7 +39,11 @@ def _run(args: argparse.Namespace) -> int:
     config = RecipeConfig.quick() if args.quick else None
     overrides = {
         key: value
-        for key, value in (("vae_precision", args.vae_precision), ("unet_layout", args.unet_layout))
+        for key, value in (
+            ("vae_precision", args.vae_precision),
+            ("unet_layout", args.unet_layout),
+            ("copy_steps", args.copy_steps),
+        )
         if value is not None
     }
     if overrides:
@@ -48,6 +53,15 @@ def _run(args: argparse.Namespace) -> int:
             print(
                 f"--unet-layout {args.unet_layout}: the run in {args.run_dir} was started with "
                 f"{saved.unet_layout!r}; its checkpoints cannot change layout (use a new --run-dir)",
+                file=sys.stderr,
+            )
+            return 2
+        copy_done = (args.run_dir / "copy" / "done.json").is_file()
+        if args.copy_steps is not None and copy_done and saved.copy_steps != args.copy_steps:
+            print(
+                f"--copy-steps {args.copy_steps}: the copy stage of the run in {args.run_dir} is done with "
+                f"{saved.copy_steps} steps; the stages after it were or will be built on that (use a new "
+                "--run-dir)",
                 file=sys.stderr,
             )
             return 2
@@ -96,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="the UNet's block layout for a new run (default: the run's recipe; 'mobile' = "
             "DreamLite-mobile's, the shipped one)",
+        )
+        p.add_argument(
+            "--copy-steps",
+            type=int,
+            default=None,
+            help="identity-edit steps before the edit stage, for a new run (default: the run's recipe; the "
+            "shipped one has 0)",
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     plot = sub.add_parser("plot", help="plot the loss log")

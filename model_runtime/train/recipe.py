@@ -9,10 +9,13 @@ Stages (each reads what the previous ones left in the run folder):
 4. ``t2i`` — flow-matching text-to-image pretraining (the text encoder trained on jointly).
 5. ``read`` — the VLM learns to read edit sources (vision tokens) and requests, captions kept in the mix
    (:mod:`.text_pretrain` with ``read_images``).
-6. ``edit`` — edit pretraining with the in-context condition switched on.
-7. ``joint`` — unified joint training on both tasks; its EMA is the teacher, written as a guided
+6. ``copy`` — optional, 0 steps in the shipped recipe: identity edits only (the target is the source, the
+   instruction empty), which teach the UNet the path from the condition half of the in-context latent to the
+   target half before real edits (``docs/nano.md``: edit training alone never learns it at this budget).
+7. ``edit`` — edit pretraining with the in-context condition switched on.
+8. ``joint`` — unified joint training on both tasks; its EMA is the teacher, written as a guided
    ``base`` folder (``teacher/``, 28 steps).
-8. ``distill`` — on-policy trajectory distillation into the unguided 4-step student (:mod:`.distill`),
+9. ``distill`` — on-policy trajectory distillation into the unguided 4-step student (:mod:`.distill`),
    written as the ``mobile`` folder (``student/``) and copied to the output folder.
 
 Every stage checkpoints to ``<run>/<stage>/ckpt.pt``; ``--resume`` continues an interrupted stage at the
@@ -43,7 +46,9 @@ from model_runtime.train.writer import folder_bytes, write_folder
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("tokenizer", "vae", "text", "t2i", "read", "edit", "joint", "distill")
+STAGES = ("tokenizer", "vae", "text", "t2i", "read", "copy", "edit", "joint", "distill")
+DIFFUSION_SEEDS = {"t2i": 103, "edit": 105, "joint": 106, "copy": 110}
+"""Data seed of each diffusion stage, added to the recipe's seed (fixed when ``copy`` joined the stages)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,9 @@ class RecipeConfig:
         text: The text stage; ``text_steps`` its length.
         read: The VLM's edit-reading stage; ``read_steps`` its length.
         t2i / edit / joint: The three pretraining stages.
-        t2i_steps / edit_steps / joint_steps: Their lengths.
+        copy: The optional identity-edit stage before ``edit``.
+        t2i_steps / copy_steps / edit_steps / joint_steps: Their lengths (``copy_steps`` 0: no copy stage,
+            the shipped recipe).
         distill: Distillation settings; ``distill_steps`` its length.
         seed: Base seed (model init and data).
     """
@@ -78,6 +85,12 @@ class RecipeConfig:
         default_factory=lambda: TextPretrainConfig(lr=1e-3, warmup=30, captions_first=0, read_images=True)
     )
     read_steps: int = 500
+    copy: DiffusionConfig = field(
+        default_factory=lambda: DiffusionConfig(
+            edit_share=1.0, copy_share=1.0, image_drop=0.0, text_drop=0.0, lr=1e-3, warmup=20
+        )
+    )
+    copy_steps: int = 0
     edit: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=1.0, warmup=30))
     edit_steps: int = 400
     joint: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=0.5, warmup=30))
@@ -106,6 +119,8 @@ class RecipeConfig:
             t2i_steps=2,
             read=TextPretrainConfig(batch=4, warmup=1, captions_first=0, read_images=True),
             read_steps=2,
+            copy=replace(small, edit_share=1.0, copy_share=1.0, image_drop=0.0, text_drop=0.0),
+            copy_steps=2,
             edit=replace(small, edit_share=1.0),
             edit_steps=2,
             joint=replace(small, edit_share=0.5),
@@ -129,8 +144,9 @@ class RecipeConfig:
         """Inverse of :meth:`to_json`."""
         d = dict(data)
         d["sizes"] = NanoSizes.from_json(d["sizes"])
-        for key in ("t2i", "edit", "joint"):
-            d[key] = DiffusionConfig(**d[key])
+        for key in ("t2i", "copy", "edit", "joint"):
+            if key in d:  # ``copy`` is absent from a recipe.json written before that stage existed
+                d[key] = DiffusionConfig(**d[key])
         for key in ("text", "read"):
             d[key] = TextPretrainConfig(**d[key])
         dist = dict(d["distill"])
@@ -308,19 +324,24 @@ class Recipe:
         self._mark_done(name, info)
 
     def run_diffusion(self, name: str) -> None:
-        """Stages 3–5 (``t2i``, ``edit``, ``joint``)."""
+        """The diffusion stages (``t2i``, ``copy``, ``edit``, ``joint``)."""
         cfg: DiffusionConfig = getattr(self.cfg, name)
         total: int = getattr(self.cfg, f"{name}_steps")
+        if name == "copy" and total == 0:  # not part of this recipe
+            self._mark_done(name, {"skipped": True})
+            return
         models = self.models()
-        previous = {"t2i": None, "edit": "t2i", "joint": "edit"}[name]
-        stage = DiffusionStage(models, cfg, total, seed=self.cfg.seed + 100 + STAGES.index(name))
+        copied = self.cfg.copy_steps > 0
+        previous = {"t2i": None, "copy": "t2i", "edit": "copy" if copied else "t2i", "joint": "edit"}[name]
+        stage = DiffusionStage(models, cfg, total, seed=self.cfg.seed + DIFFUSION_SEEDS[name])
         if previous is not None:
             state = torch.load(self.run_dir / previous / "ckpt.pt", map_location="cpu", weights_only=False)
             models.unet.load_state_dict(state["stage"]["unet"])
             models.text_encoder.load_state_dict(state["stage"]["text_encoder"])
             stage.ema_unet.load_state_dict(state["stage"]["ema_unet"])
             stage.ema_text.load_state_dict(state["stage"]["ema_text"])
-        text_stage = {"t2i": "text", "edit": "read"}.get(name)  # a text-encoder-only stage ran in between
+        # a text-encoder-only stage ran in between
+        text_stage = {"t2i": "text", "copy": "read", "edit": None if copied else "read"}.get(name)
         if text_stage is not None:
             state = torch.load(self.run_dir / text_stage / "ckpt.pt", map_location="cpu", weights_only=False)
             models.text_encoder.load_state_dict(state["stage"]["text_encoder"])
@@ -402,7 +423,7 @@ class Recipe:
                 self.run_vae()
             elif name in ("text", "read"):
                 self.run_text(name)
-            elif name in ("t2i", "edit", "joint"):
+            elif name in ("t2i", "copy", "edit", "joint"):
                 self.run_diffusion(name)
             elif name == "distill":
                 self.run_distill(out)

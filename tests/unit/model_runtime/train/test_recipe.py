@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from model_runtime.train import configs, diffusion, shapes_eval, vae_fit, world
 from model_runtime.train.configs import NanoSizes
 from model_runtime.train.models import build_unet
-from model_runtime.train.recipe import STAGES, Recipe, RecipeConfig
+from model_runtime.train.recipe import DIFFUSION_SEEDS, STAGES, Recipe, RecipeConfig
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,58 @@ def test_recipe_rejects_an_unknown_layout() -> None:
     del legacy["joint"]["vlm_image_drop"]
     restored = RecipeConfig.from_json(legacy)  # a recipe.json written before these options
     assert (restored.unet_layout, restored.joint.vlm_image_drop) == ("mobile", 0.0)
+
+
+def test_the_shipped_recipe_loads_without_a_copy_stage_and_keeps_its_data_seeds() -> None:
+    shipped = json.loads(Path("docs/results/nano/recipe.json").read_text())
+    assert "copy" not in shipped  # written before the copy stage and the copy-rewarding loss existed
+    cfg = RecipeConfig.from_json(shipped)
+    assert cfg.copy_steps == 0
+    assert cfg.joint.keep_weight is None
+    assert cfg == RecipeConfig()  # the defaults are the shipped recipe
+    legacy_stages = ("tokenizer", "vae", "text", "t2i", "read", "edit", "joint", "distill")
+    for name in ("t2i", "edit", "joint"):  # the shipped run seeded its stages by their place in this tuple
+        assert DIFFUSION_SEEDS[name] == 100 + legacy_stages.index(name)
+    assert len(set(DIFFUSION_SEEDS.values())) == len(DIFFUSION_SEEDS)
+
+
+def test_a_recipe_without_copy_steps_skips_the_copy_stage(tmp_path: Path) -> None:
+    cfg = replace(RecipeConfig.quick(), copy_steps=0)
+    recipe = Recipe(tmp_path, cfg, progress=False)
+    recipe.run(("tokenizer", "vae", "text", "t2i", "read", "copy", "edit"), out=None)
+    assert json.loads((tmp_path / "copy" / "done.json").read_text()) == {"skipped": True}
+    assert not (tmp_path / "copy" / "ckpt.pt").exists()
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert "copy" not in log
+    assert log["edit"]["losses"]["loss"]
+
+
+def test_the_copy_stage_trains_on_identity_edits_and_the_edit_stage_starts_from_it(
+    quick_run: tuple[Recipe, Path, dict[str, float]],
+) -> None:
+    recipe, _, _ = quick_run
+    assert recipe.cfg.copy_steps > 0
+    stage = diffusion.DiffusionStage(recipe.models(), recipe.cfg.copy, 2, seed=DIFFUSION_SEEDS["copy"])
+    examples, _ = stage.batch(0)
+    assert all(e.task == "edit" and e.prompt is None and e.target is e.source for e in examples)
+    copy_state = torch.load(recipe.run_dir / "copy" / "ckpt.pt", map_location="cpu", weights_only=False)
+    t2i_state = torch.load(recipe.run_dir / "t2i" / "ckpt.pt", map_location="cpu", weights_only=False)
+    key = next(iter(copy_state["stage"]["unet"]))
+    assert not torch.equal(copy_state["stage"]["unet"][key], t2i_state["stage"]["unet"][key])
+
+
+def test_cli_sets_the_copy_steps_of_a_new_run_and_refuses_to_change_a_done_copy_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_runtime.train.__main__ import main
+
+    args = ["--quick", "--out", "none", "--no-progress"]
+    assert main(["--run-dir", str(tmp_path), "--copy-steps", "0", "--stage", "tokenizer", *args]) == 0
+    assert json.loads((tmp_path / "recipe.json").read_text())["copy_steps"] == 0
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "done.json").write_text('{"skipped": true}')
+    assert main(["--run-dir", str(tmp_path), "--copy-steps", "600", "--stage", "tokenizer", *args]) == 2
+    assert "copy stage of the run" in capsys.readouterr().err
 
 
 def test_cli_sets_the_layout_of_a_new_run_and_refuses_to_change_a_started_one(
