@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=12)
     parser.add_argument("--lr", type=float, default=5e-4, help="peak UNet learning rate of the fine-tune")
     parser.add_argument(
+        "--text-lr", type=float, default=3e-4, help="peak text-encoder learning rate of the arms (0: frozen)"
+    )
+    parser.add_argument(
         "--task",
         choices=("edit", "copy"),
         default="edit",
@@ -188,6 +191,7 @@ def main() -> None:
         "task": args.task,
         "steps": args.steps,
         "lr": args.lr,
+        "text_lr": args.text_lr,
         "edit_share": args.edit_share,
         "pre_copy": args.pre_copy,
         "levels": list(levels),
@@ -271,6 +275,7 @@ def main() -> None:
         cfg = DiffusionConfig(
             edit_share=args.edit_share,
             lr=args.lr,
+            text_lr=args.text_lr,
             warmup=20,
             vlm_image_drop=float(drop),
             copy_share=copy_share,
