@@ -67,6 +67,11 @@ def main() -> None:
     )
     parser.add_argument("--pre-copy-lr", type=float, default=1e-3)
     parser.add_argument(
+        "--carry-optimizer",
+        action="store_true",
+        help="arms start with the copy curriculum's AdamW state instead of a fresh one",
+    )
+    parser.add_argument(
         "--pre-copy-ckpt",
         default=None,
         help="path prefix of the copy curriculum's weights (+ .LAYOUT.pt): loaded if present, else written",
@@ -194,6 +199,7 @@ def main() -> None:
         "text_lr": args.text_lr,
         "edit_share": args.edit_share,
         "pre_copy": args.pre_copy,
+        "carry_optimizer": args.carry_optimizer,
         "levels": list(levels),
         "held_out": {"edits": n_edit, "prompts": len(prompts)},
         "sample_steps": args.sample_steps,
@@ -211,6 +217,7 @@ def main() -> None:
         results["shipped"]["shapes"] = shapes_scores(shipped)
     print("shipped", json.dumps(results["shipped"]), flush=True)
     pre_copied: dict[str, tuple[Any, Any, list[dict[str, Any]]]] = {}  # layout -> (text, unet, curve)
+    pre_optimizer: dict[str, Any] = {}  # layout -> the copy curriculum's AdamW state
 
     def start(layout: str) -> tuple[NanoModels, list[dict[str, Any]]]:
         """The arm's starting models: the shipped ones, after the (shared) copy curriculum if asked."""
@@ -242,6 +249,7 @@ def main() -> None:
                 t_pre = time.perf_counter()
                 for i in range(args.pre_copy):
                     pre.step(i)
+                pre_optimizer[layout] = copy.deepcopy(pre.opt.state_dict())
                 pre.apply_ema()
                 pre_s = round(time.perf_counter() - t_pre, 1)
                 curve.append(
@@ -284,6 +292,10 @@ def main() -> None:
         if args.task == "copy":
             cfg = replace(cfg, edit_share=1.0, copy_share=1.0, image_drop=0.0, text_drop=0.0)
         stage = DiffusionStage(models, cfg, args.steps, seed=4242)
+        if args.carry_optimizer:
+            if layout not in pre_optimizer:
+                raise SystemExit("--carry-optimizer needs --pre-copy run in this process (not loaded)")
+            stage.opt.load_state_dict(pre_optimizer[layout])
         t0 = time.perf_counter()
         train_s = 0.0
         for i in range(args.steps):
