@@ -40,7 +40,6 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +114,7 @@ def main() -> None:
             tgt, src = ex.target, ex.source
             assert tgt is not None
             assert src is not None
-            obj = np.abs(tgt.astype(np.int16) - tgt[:1, :1].astype(np.int16)).max(axis=2) > 8
-            same = np.abs(tgt.astype(np.int16) - src.astype(np.int16)).max(axis=2) <= 8
+            obj, same = diffusion.object_pixels(tgt), ~diffusion.changed_pixels(tgt, src)
             background = args.task == "edit" and edits[i].kind == "background"
             masks.append(np.zeros_like(obj) if background else obj & same)
         return F.max_pool2d(torch.from_numpy(np.stack(masks)).float()[:, None], 8)
@@ -234,17 +232,11 @@ def main() -> None:
                     raise SystemExit(f"{ckpt} holds {saved['pre_copy']} copy steps, not {args.pre_copy}")
                 models.unet.load_state_dict(saved["unet"])
                 models.text_encoder.load_state_dict(saved["text_encoder"])
+                pre_optimizer[layout] = saved["optimizer"]
                 curve.append(saved["curve_entry"])
                 print(layout, "loaded", ckpt, json.dumps(curve[-1]), flush=True)
             elif args.pre_copy:  # a copy curriculum: identity edits only, then the arm's data
-                pre_cfg = DiffusionConfig(
-                    edit_share=1.0,
-                    lr=args.pre_copy_lr,
-                    warmup=20,
-                    copy_share=1.0,
-                    image_drop=0.0,
-                    text_drop=0.0,
-                )
+                pre_cfg = diffusion.copy_only(DiffusionConfig(edit_share=1.0, lr=args.pre_copy_lr, warmup=20))
                 pre = DiffusionStage(models, pre_cfg, args.pre_copy, seed=4343)
                 t_pre = time.perf_counter()
                 for i in range(args.pre_copy):
@@ -261,6 +253,7 @@ def main() -> None:
                         "pre_copy": args.pre_copy,
                         "unet": models.unet.state_dict(),
                         "text_encoder": models.text_encoder.state_dict(),
+                        "optimizer": pre_optimizer[layout],
                         "curve_entry": curve[-1],
                     }
                     torch.save(state, ckpt)
@@ -290,11 +283,11 @@ def main() -> None:
             keep_weight=keep_weight,
         )
         if args.task == "copy":
-            cfg = replace(cfg, edit_share=1.0, copy_share=1.0, image_drop=0.0, text_drop=0.0)
+            cfg = diffusion.copy_only(cfg)
         stage = DiffusionStage(models, cfg, args.steps, seed=4242)
         if args.carry_optimizer:
             if layout not in pre_optimizer:
-                raise SystemExit("--carry-optimizer needs --pre-copy run in this process (not loaded)")
+                raise SystemExit("--carry-optimizer needs --pre-copy")
             stage.opt.load_state_dict(pre_optimizer[layout])
         t0 = time.perf_counter()
         train_s = 0.0

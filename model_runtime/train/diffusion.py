@@ -154,6 +154,16 @@ class LatentCache:
         return torch.stack(out)  # (B, 4, h, w)
 
 
+def object_pixels(image: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """``(H, W)`` pixels of a render that differ from its background (the top-left pixel) by more than 8."""
+    return changed_pixels(image, image[:1, :1])
+
+
+def changed_pixels(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """``(H, W)`` pixels where two renders differ by more than 8 in some channel."""
+    return cast(NDArray[np.bool_], np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=2) > 8)
+
+
 def object_weights(examples: Sequence[Example], weight: float) -> torch.Tensor:
     """Per-latent-cell loss weights: ``weight`` on cells within one cell of an object, 1 elsewhere.
 
@@ -167,7 +177,7 @@ def object_weights(examples: Sequence[Example], weight: float) -> torch.Tensor:
         cover = np.zeros((SIZE, SIZE), dtype=bool)
         for img in (e.target, e.source):
             if img is not None:
-                cover |= np.abs(img.astype(np.int16) - img[:1, :1].astype(np.int16)).max(axis=2) > 8
+                cover |= object_pixels(img)
         masks.append(cover)
     m = torch.from_numpy(np.stack(masks)).float()[:, None]  # (B, 1, H, W) object pixels
     m = F.max_pool2d(m, kernel_size=8)  # (B, 1, h, w) cells touching an object
@@ -189,9 +199,7 @@ def kept_cells(examples: Sequence[Example]) -> torch.Tensor:
         obj = np.zeros((SIZE, SIZE), dtype=bool)
         changed = np.zeros((SIZE, SIZE), dtype=bool)
         if e.source is not None and e.target is not None:
-            tgt, src = e.target.astype(np.int16), e.source.astype(np.int16)
-            obj = np.abs(tgt - tgt[:1, :1]).max(axis=2) > 8
-            changed = np.abs(tgt - src).max(axis=2) > 8
+            obj, changed = object_pixels(e.target), changed_pixels(e.target, e.source)
         masks.append(np.stack([obj, changed]))
     m = F.max_pool2d(torch.from_numpy(np.stack(masks)).float(), kernel_size=8)  # (B, 2, h, w)
     near_change = F.max_pool2d(m[:, 1:], kernel_size=3, stride=1, padding=1)  # (B, 1, h, w)
@@ -345,6 +353,14 @@ class DiffusionConfig:
     weight_decay: float = 0.01
     object_weight: float = 4.0
     pool: int | None = 8000
+
+
+def copy_only(cfg: DiffusionConfig) -> DiffusionConfig:
+    """``cfg`` turned into identity edits only: every row an edit asking for its own source, no dropout.
+
+    What the recipe's optional ``copy`` stage and the probes' copy curricula train on.
+    """
+    return replace(cfg, edit_share=1.0, copy_share=1.0, image_drop=0.0, text_drop=0.0)
 
 
 class DiffusionStage:

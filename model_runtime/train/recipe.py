@@ -36,7 +36,7 @@ import torch
 
 from model_runtime.train import configs, tokenizer_build, vae_fit
 from model_runtime.train.configs import NanoSizes
-from model_runtime.train.diffusion import DiffusionConfig, DiffusionStage, NanoModels
+from model_runtime.train.diffusion import DiffusionConfig, DiffusionStage, NanoModels, copy_only
 from model_runtime.train.distill import DistillConfig, DistillStage, frozen_copy
 from model_runtime.train.loop import StageLog, run_stage, write_logs
 from model_runtime.train.models import Ema, build_text_encoder, build_unet, count_params
@@ -86,9 +86,7 @@ class RecipeConfig:
     )
     read_steps: int = 500
     copy: DiffusionConfig = field(
-        default_factory=lambda: DiffusionConfig(
-            edit_share=1.0, copy_share=1.0, image_drop=0.0, text_drop=0.0, lr=1e-3, warmup=20
-        )
+        default_factory=lambda: copy_only(DiffusionConfig(edit_share=1.0, lr=1e-3, warmup=20))
     )
     copy_steps: int = 0
     edit: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=1.0, warmup=30))
@@ -119,7 +117,7 @@ class RecipeConfig:
             t2i_steps=2,
             read=TextPretrainConfig(batch=4, warmup=1, captions_first=0, read_images=True),
             read_steps=2,
-            copy=replace(small, edit_share=1.0, copy_share=1.0, image_drop=0.0, text_drop=0.0),
+            copy=copy_only(small),
             copy_steps=2,
             edit=replace(small, edit_share=1.0),
             edit_steps=2,
