@@ -12,9 +12,9 @@ Then it fine-tunes copies of the shipped model for ``--steps`` steps (the recipe
 ``--edit-share`` edit rows: 0.5 as the joint stage, 1 as the edit stage; the text encoder trained at its low
 rate) in several arms, measuring usage every ``--every`` steps, and finally scores Euler samples (no
 guidance) of held-out edits and prompts with ShapesEval. Arms are
-``name:layout:vlm_image_drop[:copy_share[:keep_weight[:freeze]]]`` (``--task copy`` trains and measures
-identity edits only: the copy path alone; ``--pre-copy N`` first trains each layout on N steps of identity
-edits, once, and every arm of that layout starts from the result, a copy curriculum):
+``name:layout:vlm_image_drop[:copy_share[:keep_weight[:freeze[:change_weight]]]]`` (``--task copy``
+trains and measures identity edits only: the copy path alone; ``--pre-copy N`` first trains each layout on
+N steps of identity edits, once, and every arm of that layout starts from the result, a copy curriculum):
 
 * ``layout``: a key of ``configs.UNET_LAYOUTS``. New transformer modules start with a zero ``proj_out``
   (an identity, so ``topup`` starts from exactly the shipped function); self-attention added to a block that
@@ -26,7 +26,9 @@ edits, once, and every arm of that layout starts from the result, a copy curricu
 * ``keep_weight``: loss weight of the cells of objects the edit leaves as they are (``object_weight`` 4 when
   not given, or ``-``): a loss that rewards copying them from the condition latent;
 * ``freeze``: ``+``-separated parts of UNet parameter names (``attn1``: every self-attention) that the arm's
-  training leaves as they are, e.g. as the copy curriculum left them.
+  training leaves as they are, e.g. as the copy curriculum left them (``-``: none);
+* ``change_weight``: loss weight of the cells the edit changes (0: edit rows teach only what to keep); with
+  ``--change-ramp N`` it rises linearly to ``object_weight`` over the first N steps.
 
 Warm starts from the shipped 4-step student: the arms rank interventions against each other; they do not
 predict a full recipe run.
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -76,6 +79,15 @@ def main() -> None:
         help="path prefix of the copy curriculum's weights (+ .LAYOUT.pt): loaded if present, else written",
     )
     parser.add_argument("--edit-share", type=float, default=0.5, help="share of edit rows per batch")
+    parser.add_argument(
+        "--image-drop",
+        type=float,
+        default=0.1,
+        help="share of the arms' edit rows trained with a zero condition latent (the recipe's 0.1)",
+    )
+    parser.add_argument(
+        "--change-ramp", type=int, default=0, help="steps over which change_weight rises to object_weight"
+    )
     parser.add_argument("--arms", default="base:mobile:0,topup:topup:0,blind:mobile:0.5")
     parser.add_argument("--out", default="docs/results/nano/cond-usage-probe.json")
     args = parser.parse_args()
@@ -198,6 +210,8 @@ def main() -> None:
         "edit_share": args.edit_share,
         "pre_copy": args.pre_copy,
         "carry_optimizer": args.carry_optimizer,
+        "change_ramp": args.change_ramp,
+        "image_drop": args.image_drop,
         "levels": list(levels),
         "held_out": {"edits": n_edit, "prompts": len(prompts)},
         "sample_steps": args.sample_steps,
@@ -268,7 +282,8 @@ def main() -> None:
         name, layout, drop, *rest = spec.split(":")
         copy_share = float(rest[0]) if rest else 0.0
         keep_weight = float(rest[1]) if len(rest) > 1 and rest[1] != "-" else None
-        freeze = rest[2].split("+") if len(rest) > 2 else []
+        freeze = rest[2].split("+") if len(rest) > 2 and rest[2] != "-" else []
+        change_weight = float(rest[3]) if len(rest) > 3 else None
         models, curve = start(layout)
         frozen = [p for n, p in models.unet.named_parameters() if any(k and k in n for k in freeze)]
         for p in frozen:  # e.g. the copy curriculum's self-attention, kept through the edit steps
@@ -281,6 +296,8 @@ def main() -> None:
             vlm_image_drop=float(drop),
             copy_share=copy_share,
             keep_weight=keep_weight,
+            change_weight=change_weight,
+            image_drop=args.image_drop,
         )
         if args.task == "copy":
             cfg = diffusion.copy_only(cfg)
@@ -292,6 +309,10 @@ def main() -> None:
         t0 = time.perf_counter()
         train_s = 0.0
         for i in range(args.steps):
+            if change_weight is not None and args.change_ramp:
+                ramp = min(1.0, i / args.change_ramp)
+                w = change_weight + ramp * (cfg.object_weight - change_weight)
+                stage.cfg = dataclasses.replace(cfg, change_weight=w)
             parts = stage.step(i)
             if (i + 1) % args.every == 0 or i + 1 == args.steps:
                 train_s += time.perf_counter() - t0
@@ -307,6 +328,7 @@ def main() -> None:
             "vlm_image_drop": float(drop),
             "copy_share": copy_share,
             "keep_weight": keep_weight,
+            "change_weight": change_weight,
             "frozen": {"name_parts": freeze, "params": sum(p.numel() for p in frozen)},
             "params": sum(p.numel() for p in models.unet.parameters()),
             "train_seconds": round(train_s, 1),

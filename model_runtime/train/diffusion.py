@@ -11,6 +11,8 @@ One stage class serves all three; they differ only in the share of edit examples
   empty instruction;
 * copy-rewarding loss (``keep_weight``, off in the shipped recipe): the cells of objects an edit leaves
   as they are, whose answer is in the condition latent, weigh ``keep_weight`` instead of ``object_weight``;
+* change weight (``change_weight``, off in the shipped recipe): the cells an edit changes weigh
+  ``change_weight`` instead (0: edit rows train on what they keep only);
 * VLM source dropout (``vlm_image_drop``, 0 in the shipped recipe): the text stage of some edit rows sees a
   blank image instead of the source, so that only the condition latent tells what to keep;
 * guidance dropout: the prompt is replaced by the official unconditional template (``text_drop``) and,
@@ -185,14 +187,15 @@ def object_weights(examples: Sequence[Example], weight: float) -> torch.Tensor:
     return 1.0 + (weight - 1.0) * m
 
 
-def kept_cells(examples: Sequence[Example]) -> torch.Tensor:
-    """Latent cells of edit rows whose answer is in the condition latent: objects the edit leaves as they are.
+def edit_cells(examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent cells of edit rows whose answer is in the condition latent, and those the edit changes.
 
-    A cell counts when it touches an object of the target and no pixel of it, or of its 8 neighbours, differs
-    between source and target (so a background edit keeps nothing). Generate rows keep nothing.
+    Kept: a cell that touches an object of the target while no pixel of it, or of its 8 neighbours, differs
+    between source and target (so a background edit keeps nothing). Changed: a cell within one cell of a
+    pixel that differs. Generate rows have neither.
 
     Returns:
-        ``(B, 1, 16, 16)`` float32 in {0, 1}.
+        ``(kept, changed)``, each ``(B, 1, 16, 16)`` float32 in {0, 1}.
     """
     masks = []
     for e in examples:
@@ -203,22 +206,40 @@ def kept_cells(examples: Sequence[Example]) -> torch.Tensor:
         masks.append(np.stack([obj, changed]))
     m = F.max_pool2d(torch.from_numpy(np.stack(masks)).float(), kernel_size=8)  # (B, 2, h, w)
     near_change = F.max_pool2d(m[:, 1:], kernel_size=3, stride=1, padding=1)  # (B, 1, h, w)
-    return m[:, :1] * (1.0 - near_change)
+    return m[:, :1] * (1.0 - near_change), near_change
+
+
+def kept_cells(examples: Sequence[Example]) -> torch.Tensor:
+    """The kept cells of :func:`edit_cells`: objects the edit leaves as they are.
+
+    Returns:
+        ``(B, 1, 16, 16)`` float32 in {0, 1}.
+    """
+    return edit_cells(examples)[0]
 
 
 def loss_weights(
-    examples: Sequence[Example], object_weight: float, keep_weight: float | None
+    examples: Sequence[Example],
+    object_weight: float,
+    keep_weight: float | None,
+    change_weight: float | None = None,
 ) -> torch.Tensor:
-    """Per-cell loss weights of a batch: :func:`object_weights`, then ``keep_weight`` on :func:`kept_cells`.
+    """Per-cell loss weights of a batch: :func:`object_weights`, then those of the :func:`edit_cells`.
+
+    ``keep_weight`` replaces the weight of the kept cells, ``change_weight`` that of the changed ones (None:
+    leave it).
 
     Returns:
         ``(B, 1, 16, 16)`` float32.
     """
     w = object_weights(examples, object_weight)  # (B, 1, h, w)
-    if keep_weight is None:
+    if keep_weight is None and change_weight is None:
         return w
-    kept = kept_cells(examples)  # (B, 1, h, w)
-    return w * (1.0 - kept) + keep_weight * kept
+    kept, changed = edit_cells(examples)  # (B, 1, h, w) each
+    for cells, weight in ((kept, keep_weight), (changed, change_weight)):
+        if weight is not None:
+            w = w * (1.0 - cells) + weight * cells
+    return w
 
 
 def identity_edits(examples: Sequence[Example], share: float, rng: np.random.Generator) -> list[Example]:
@@ -347,6 +368,7 @@ class DiffusionConfig:
     vlm_image_drop: float = 0.0
     copy_share: float = 0.0
     keep_weight: float | None = None
+    change_weight: float | None = None
     logit_mean: float = 0.0
     logit_std: float = 1.0
     ema_decay: float = 0.995
@@ -420,9 +442,9 @@ class DiffusionStage:
         tb = t[:, None, None, None]
         x_t = (1.0 - tb) * x0 + tb * noise  # (B, 4, h, w)
         v = unet_velocity(m.unet, x_t, cond, t, text, mask)  # (B, 4, h, w)
-        if cfg.object_weight == 1.0 and cfg.keep_weight is None:
+        if cfg.object_weight == 1.0 and cfg.keep_weight is None and cfg.change_weight is None:
             return F.mse_loss(v, noise - x0)
-        w = loss_weights(examples, cfg.object_weight, cfg.keep_weight)  # (B, 1, h, w)
+        w = loss_weights(examples, cfg.object_weight, cfg.keep_weight, cfg.change_weight)  # (B, 1, h, w)
         return ((v - (noise - x0)) ** 2 * w).mean() / w.mean()
 
     def step(self, i: int) -> dict[str, float]:

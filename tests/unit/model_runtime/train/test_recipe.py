@@ -279,6 +279,15 @@ def test_kept_cells_are_the_untouched_objects_of_an_edit() -> None:
         assert torch.equal(diffusion.loss_weights([ex], 4.0, None), diffusion.object_weights([ex], 4.0))
         assert set(weights.unique().tolist()) <= {1.0, 4.0, 16.0}
         assert torch.equal(weights == 16.0, kept.bool())
+        kept2, changed = diffusion.edit_cells([ex])  # (1, 1, 16, 16) each
+        assert torch.equal(kept2, kept)
+        assert (kept * changed).sum() == 0
+        assert changed.sum() > 0
+        only_kept = diffusion.loss_weights([ex], 4.0, None, 0.0)  # the changed cells leave the loss
+        assert torch.equal(only_kept == 0.0, changed.bool())
+        both = diffusion.loss_weights([ex], 4.0, 16.0, 2.0)
+        assert torch.equal(both == 2.0, changed.bool())
+        assert torch.equal(both == 16.0, kept.bool())
         if kind == "background":  # every pixel of the background changes: nothing to copy
             assert kept.sum() == 0
             continue
@@ -290,3 +299,4 @@ def test_kept_cells_are_the_untouched_objects_of_an_edit() -> None:
         assert (kept * torch.nn.functional.max_pool2d(cells, 8)).sum() == 0  # no changed pixel is kept
     generate = diffusion.Example("generate", "a red circle", world.render(edits["colour"].target))
     assert diffusion.kept_cells([generate]).sum() == 0
+    assert diffusion.edit_cells([generate])[1].sum() == 0
