@@ -209,15 +209,6 @@ def edit_cells(examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]
     return m[:, :1] * (1.0 - near_change), near_change
 
 
-def kept_cells(examples: Sequence[Example]) -> torch.Tensor:
-    """The kept cells of :func:`edit_cells`: objects the edit leaves as they are.
-
-    Returns:
-        ``(B, 1, 16, 16)`` float32 in {0, 1}.
-    """
-    return edit_cells(examples)[0]
-
-
 def loss_weights(
     examples: Sequence[Example],
     object_weight: float,
