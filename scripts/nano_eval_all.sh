@@ -13,6 +13,8 @@ $py eval shapes --ceiling --out "$out/vae-ceiling.json"
 for dtype in float32 bfloat16; do
   $py eval shapes --dtype "$dtype" --out "$out/student-4step-$dtype.json"
 done
+# The text path's ceiling: every edit made by generating its target scene's caption (perfect reading, no copy).
+$py eval shapes --tasks edit --edits-as-captions --out "$out/student-4step-edits-as-captions.json"
 $py eval shapes --model "$run/teacher" --dtype float32 --out "$out/teacher-28step-float32.json"
 # The guided 28-step teacher in bfloat16 costs ~3 UNet passes × 28 steps per image, and bf16 is slower than fp32
 # here at this size: its report uses the first 48 prompts of each set, one seed.

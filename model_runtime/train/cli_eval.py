@@ -37,6 +37,12 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         help="score the expected renders passed through the model's VAE instead of sampled images "
         "(the best score this model's VAE allows; torch only)",
     )
+    p.add_argument(
+        "--edits-as-captions",
+        action="store_true",
+        help="make each edit by generating its target scene's caption instead (no source image): the "
+        "score of an edit model that reads perfectly but copies nothing, the text path's ceiling",
+    )
     p.set_defaults(handler=run_shapes_eval, func=run_shapes_eval)
 
 
@@ -71,8 +77,12 @@ def run_shapes_eval(args: argparse.Namespace) -> int:
         meta["precision"] = backend.precision
     if hasattr(backend, "target"):
         meta["target"] = backend.target.name
+    make_images = shapes_eval.pipeline_image_fn(pipeline, steps)
+    if args.edits_as_captions:
+        make_images = shapes_eval.edits_as_captions(make_images)
+        meta["edits"] = "generated from the target scene's caption (the text path's ceiling)"
     report = shapes_eval.evaluate(
-        shapes_eval.pipeline_image_fn(pipeline, steps),
+        make_images,
         split=args.split,
         tasks=tasks,
         seeds=seeds,

@@ -577,6 +577,24 @@ def ground_truth_image_fn(
     return make
 
 
+def edits_as_captions(make_images: ImageFn) -> ImageFn:
+    """Wrap ``make_images`` so each edit is made as a *generate* request of its target scene's caption.
+
+    The score is what an edit model would reach that reads the source and the instruction perfectly (its
+    text features say the edited scene exactly) but copies nothing from the source: the ceiling of the
+    text path alone. Generate requests pass through unchanged.
+    """
+
+    def make(requests: Sequence[EvalRequest]) -> list[NDArray[np.uint8]]:
+        recast = [
+            EvalRequest("generate", r.expected.caption(), r.seed, None, r.expected) if r.task == "edit" else r
+            for r in requests
+        ]
+        return make_images(recast)
+
+    return make
+
+
 def write_report(report: Report, path: Path) -> None:
     """Write a report as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -220,6 +220,12 @@ def describe_pydantic_errors(errors: Sequence[Any]) -> InvalidRequestError:
     if kind == "json_invalid":
         return InvalidRequestError(f"the body is not valid JSON: {message}", code="invalid_json")
     if kind == "missing":
+        if param is None:  # no body at all
+            return InvalidRequestError(
+                "the body is empty: send a JSON object (at least `prompt`).",
+                param="body",
+                code="missing_field",
+            )
         return InvalidRequestError(f"`{param}` is required.", param=param, code="missing_field")
     if kind == "extra_forbidden":
         return InvalidRequestError(f"`{param}` is not a known field.", param=param, code="unknown_field")

@@ -92,6 +92,13 @@ def test_malformed_json_is_400(strict_client: TestClient) -> None:
     assert error["code"] == "invalid_json"
 
 
+def test_empty_body_is_400_naming_the_body(strict_client: TestClient) -> None:
+    response = strict_client.post("/v1/generate", content=b"", headers={"Content-Type": "application/json"})
+    error = _assert_error(response, 400, "invalid_request", "body")
+    assert error["code"] == "missing_field"
+    assert "None" not in error["message"]
+
+
 def test_runtime_validation_is_400_with_its_field(strict_client: TestClient) -> None:
     # working_size is checked by the runtime's plan (multiple of 32): InvalidInputError → 400 + field
     body = {"prompt": "x", "working_size": "100x100", "image": base64.b64encode(png_bytes(32, 32)).decode()}

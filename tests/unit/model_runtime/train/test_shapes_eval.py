@@ -50,6 +50,22 @@ def test_unedited_source_fails_every_instruction() -> None:
     assert report.edit["overall"] == 0.0
 
 
+def test_edits_as_captions_generates_each_target_scene() -> None:
+    seen: list[se.EvalRequest] = []
+
+    def record(requests):  # type: ignore[no-untyped-def]
+        seen.extend(requests)
+        return [world.render(r.expected) for r in requests]
+
+    report = se.evaluate(se.edits_as_captions(record), split="heldout", seeds=(7,), limit=12)
+    edits = [it.edit for it in se.edit_items("heldout")]
+    recast = seen[-12:]  # the edit part runs after the generate part
+    assert all(r.task == "generate" and r.image is None and r.seed == 7 for r in seen)
+    assert {r.prompt for r in recast} <= {e.target.caption() for e in edits}
+    assert all(r.prompt == r.expected.caption() for r in recast)
+    assert report.edit["overall"] == 1.0
+
+
 def test_analysis_of_a_known_scene() -> None:
     obj = world.ShapeObject("star", "purple", "small", "top")
     other = world.ShapeObject("square", "orange", "large", "right")
