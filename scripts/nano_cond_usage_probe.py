@@ -74,6 +74,12 @@ def main() -> None:
         help="arms start with the copy curriculum's AdamW state instead of a fresh one",
     )
     parser.add_argument(
+        "--edit-kinds",
+        default=None,
+        help="comma-separated edit kinds the arms train on (default: all six; the copy curriculum and the "
+        "held-out measurements are unchanged)",
+    )
+    parser.add_argument(
         "--pre-copy-ckpt",
         default=None,
         help="path prefix of the copy curriculum's weights (+ .LAYOUT.pt): loaded if present, else written",
@@ -212,6 +218,7 @@ def main() -> None:
         "carry_optimizer": args.carry_optimizer,
         "change_ramp": args.change_ramp,
         "image_drop": args.image_drop,
+        "edit_kinds": args.edit_kinds,
         "levels": list(levels),
         "held_out": {"edits": n_edit, "prompts": len(prompts)},
         "sample_steps": args.sample_steps,
@@ -298,6 +305,7 @@ def main() -> None:
             keep_weight=keep_weight,
             change_weight=change_weight,
             image_drop=args.image_drop,
+            edit_kinds=tuple(args.edit_kinds.split(",")) if args.edit_kinds else None,
         )
         if args.task == "copy":
             cfg = diffusion.copy_only(cfg)

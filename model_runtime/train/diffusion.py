@@ -13,6 +13,7 @@ One stage class serves all three; they differ only in the share of edit examples
   as they are, whose answer is in the condition latent, weigh ``keep_weight`` instead of ``object_weight``;
 * change weight (``change_weight``, off in the shipped recipe): the cells an edit changes weigh
   ``change_weight`` instead (0: edit rows train on what they keep only);
+* edit kinds (``edit_kinds``, all six in the shipped recipe): edit rows of only these kinds;
 * VLM source dropout (``vlm_image_drop``, 0 in the shipped recipe): the text stage of some edit rows sees a
   blank image instead of the source, so that only the condition latent tells what to keep;
 * guidance dropout: the prompt is replaced by the official unconditional template (``text_drop``) and,
@@ -95,22 +96,37 @@ class Example:
 
 
 def draw_examples(
-    rng: np.random.Generator, n: int, edit_share: float, pool: int | None = None, pool_seed: int = 0
+    rng: np.random.Generator,
+    n: int,
+    edit_share: float,
+    pool: int | None = None,
+    pool_seed: int = 0,
+    edit_kinds: Sequence[str] | None = None,
 ) -> list[Example]:
     """``n`` training-split examples; each is an edit with probability ``edit_share``.
 
     With ``pool``, scenes and edits come from a fixed, seeded pool of that many items per task (a
     dataset drawn from the world), so their VAE latents can be cached; the caption's object order is
-    still drawn per use.
+    still drawn per use. With ``edit_kinds``, an edit of another kind is drawn again (``None``: every kind,
+    and no extra draws from ``rng``).
     """
     out = []
     for _ in range(n):
         is_edit = rng.random() < edit_share
-        src_rng = (
-            rng if pool is None else np.random.default_rng([pool_seed, int(is_edit), int(rng.integers(pool))])
-        )
-        if is_edit:
+        while True:
+            src_rng = (
+                rng
+                if pool is None
+                else np.random.default_rng([pool_seed, int(is_edit), int(rng.integers(pool))])
+            )
+            if not is_edit:
+                scene = world.train_scene(src_rng)
+                caption = scene.caption(world.random_order(rng, len(scene.objects)))
+                out.append(Example("generate", caption, world.render(scene), target_key=scene.key()))
+                break
             e = world.train_edit(src_rng)
+            if edit_kinds is not None and e.kind not in edit_kinds:
+                continue
             out.append(
                 Example(
                     "edit",
@@ -121,10 +137,7 @@ def draw_examples(
                     e.source.key(),
                 )
             )
-        else:
-            scene = world.train_scene(src_rng)
-            caption = scene.caption(world.random_order(rng, len(scene.objects)))
-            out.append(Example("generate", caption, world.render(scene), target_key=scene.key()))
+            break
     return out
 
 
@@ -360,12 +373,22 @@ class DiffusionConfig:
     copy_share: float = 0.0
     keep_weight: float | None = None
     change_weight: float | None = None
+    edit_kinds: tuple[str, ...] | None = None
     logit_mean: float = 0.0
     logit_std: float = 1.0
     ema_decay: float = 0.995
     weight_decay: float = 0.01
     object_weight: float = 4.0
     pool: int | None = 8000
+
+    def __post_init__(self) -> None:
+        if self.edit_kinds is not None:  # a JSON list from recipe.json becomes the tuple
+            kinds = tuple(self.edit_kinds)
+            unknown = [k for k in kinds if k not in world.EDIT_KINDS]
+            if unknown or not kinds:
+                allowed = ", ".join(world.EDIT_KINDS)
+                raise ValueError(f"edit_kinds must be a non-empty subset of {allowed}; given {list(kinds)}")
+            object.__setattr__(self, "edit_kinds", kinds)
 
 
 def copy_only(cfg: DiffusionConfig) -> DiffusionConfig:
@@ -405,7 +428,8 @@ class DiffusionStage:
     def batch(self, i: int) -> tuple[list[Example], np.random.Generator]:
         """The examples of step ``i`` (a pure function of the stage seed and ``i``)."""
         rng = np.random.default_rng([self.seed, i])
-        examples = draw_examples(rng, self.cfg.batch, self.cfg.edit_share, self.cfg.pool, self.seed)
+        cfg = self.cfg
+        examples = draw_examples(rng, cfg.batch, cfg.edit_share, cfg.pool, self.seed, cfg.edit_kinds)
         return identity_edits(examples, self.cfg.copy_share, rng), rng
 
     def loss(self, examples: Sequence[Example], rng: np.random.Generator) -> torch.Tensor:

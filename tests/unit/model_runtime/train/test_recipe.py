@@ -261,6 +261,21 @@ def test_identity_edits_ask_for_their_own_source_with_an_empty_instruction() -> 
         assert after.target_key == before.source_key
 
 
+def test_edit_kinds_restrict_the_edit_rows_and_load_from_json() -> None:
+    examples = diffusion.draw_examples(np.random.default_rng(3), 24, 0.5, pool=64, edit_kinds=("background",))
+    edits = [e for e in examples if e.task == "edit"]
+    assert edits
+    assert len(edits) < len(examples)
+    assert all(e.prompt is not None and e.prompt.startswith("change the background") for e in edits)
+    mixed = diffusion.draw_examples(np.random.default_rng(3), 24, 0.5, pool=64)
+    assert any(not (e.prompt or "").startswith("change the background") for e in mixed if e.task == "edit")
+    data = RecipeConfig().to_json()
+    data["edit"]["edit_kinds"] = ["colour", "move"]
+    assert RecipeConfig.from_json(data).edit.edit_kinds == ("colour", "move")
+    with pytest.raises(ValueError, match="subset of colour, shape, add, remove, move, background; given"):
+        diffusion.DiffusionConfig(edit_share=1.0, edit_kinds=("recolour",))
+
+
 def test_a_stage_with_identity_edits_trains_on_them(quick_run: tuple[Recipe, Path, dict[str, float]]) -> None:
     recipe, _, _ = quick_run
     cfg = diffusion.DiffusionConfig(edit_share=1.0, batch=4, warmup=1, copy_share=1.0, vlm_image_drop=1.0)
