@@ -229,7 +229,10 @@ def _cpu_session(path: Path) -> Any:
 
 
 class QnnBackend:
-    """A bundle's w8a16 context binaries for one target on the QNN HTP (emulator on x86)."""
+    """A bundle's context binaries (w8a16, or fp16 where exported) for one target on the QNN HTP.
+
+    On x86 the HTP is Qualcomm's emulator.
+    """
 
     def __init__(
         self,

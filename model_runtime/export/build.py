@@ -360,39 +360,45 @@ class _Exporter:
             target = QNN_TARGETS[name]
             options = provider_options(target.soc_model, target.htp_arch, {"vtcm_mb": str(target.vtcm_mb)})
             jobs = []
-            for entry in [g for g in self.graphs if g["precision"] == "w8a16"]:
-                size = (entry["width"], entry["height"])
-                key = f"{entry['component']}/{_size_dir(size)}"
-                dst = self.out / "qnn" / name / _size_dir(size) / f"{entry['component']}.w8a16_ctx.onnx"
-                item: dict[str, Any] = {"src": str(self.out / entry["path"]), "dst": str(dst), "key": key}
-                feeds = parity_feeds.get((entry["component"], size), []) if self.config.parity_qnn else []
-                # The emulator is slow (≈3.5 min per real-UNet run): score a spread-out subset of samples.
-                feeds = [feeds[i] for i in qnn_parity_indices(len(feeds), self.config.qnn_parity_samples)]
-                if feeds and self.config.parity != "none":
-                    feeds_path = self.work / f"parity-{name}-{entry['component']}-{_size_dir(size)}.npz"
-                    save_feeds(feeds_path, feeds)
-                    item["feeds"] = str(feeds_path)
-                    item["out"] = str(feeds_path.with_suffix(".out.npz"))
-                jobs.append((entry, item))
+            # A context's precision and the graph it is compiled from: w8a16 from the QDQ graph, fp16 from
+            # the fp32 graph (the HTP runs float graphs in fp16: enable_htp_fp16_precision=1).
+            sources = [(q, "w8a16" if q == "w8a16" else "fp32") for q in self.config.qnn_precisions]
+            for qnn_precision, source in sources:
+                for entry in [g for g in self.graphs if g["precision"] == source]:
+                    size = (entry["width"], entry["height"])
+                    key = f"{entry['component']}/{_size_dir(size)}"
+                    ctx = f"{entry['component']}.{qnn_precision}_ctx.onnx"
+                    dst = self.out / "qnn" / name / _size_dir(size) / ctx
+                    item: dict[str, Any] = {"src": str(self.out / entry["path"]), "dst": str(dst), "key": key}
+                    feeds = parity_feeds.get((entry["component"], size), []) if self.config.parity_qnn else []
+                    # The emulator is slow (≈3.5 min per real-UNet run): score a spread-out subset of samples.
+                    feeds = [feeds[i] for i in qnn_parity_indices(len(feeds), self.config.qnn_parity_samples)]
+                    if feeds and self.config.parity != "none":
+                        stem = f"parity-{name}-{qnn_precision}-{entry['component']}-{_size_dir(size)}"
+                        feeds_path = self.work / f"{stem}.npz"
+                        save_feeds(feeds_path, feeds)
+                        item["feeds"] = str(feeds_path)
+                        item["out"] = str(feeds_path.with_suffix(".out.npz"))
+                    jobs.append((entry, qnn_precision, item))
             result = run_job(
                 {
                     "kind": "compile",
                     "target": name,
                     "provider_options": options,
-                    "contexts": [i for _, i in jobs],
+                    "contexts": [i for _, _, i in jobs],
                 },
                 self.work,
             )
             contexts = []
-            outputs: dict[str, list[NDArray[np.float32]]] = {}
-            for (entry, item), res in zip(jobs, result["contexts"], strict=True):
+            outputs: dict[str, dict[str, list[NDArray[np.float32]]]] = {}  # precision -> graph key -> outs
+            for (entry, qnn_precision, item), res in zip(jobs, result["contexts"], strict=True):
                 dst = Path(item["dst"])
                 rel = dst.relative_to(self.out).as_posix()
                 inputs, outs, _ = graph_signature(dst)
                 contexts.append(
                     {
                         "component": entry["component"],
-                        "precision": "w8a16",
+                        "precision": qnn_precision,
                         "width": entry["width"],
                         "height": entry["height"],
                         "path": rel,
@@ -406,13 +412,16 @@ class _Exporter:
                         "outputs": outs,
                     }
                 )
-                self.qnn_timings[f"{name}:{item['key']}"] = {
+                timing_key = item["key"] if qnn_precision == "w8a16" else f"{item['key']}:{qnn_precision}"
+                self.qnn_timings[f"{name}:{timing_key}"] = {
                     k: res[k] for k in ("compile_s", "load_s", "run_s", "single_run_s", "emulator_runs")
                 }
                 if "out" in item:
                     with np.load(item["out"]) as data:
-                        outputs[item["key"]] = [np.asarray(data[f"arr_{i}"]) for i in range(len(data.files))]
-            emulator_outputs[name] = outputs
+                        emulated = [np.asarray(data[f"arr_{i}"]) for i in range(len(data.files))]
+                    outputs.setdefault(qnn_precision, {})[item["key"]] = emulated
+            for qnn_precision, per_graph in outputs.items():  # parity reports: qnn:<target>[/<precision>]
+                emulator_outputs[name if qnn_precision == "w8a16" else f"{name}/{qnn_precision}"] = per_graph
             self.targets.append(
                 {
                     "name": name,

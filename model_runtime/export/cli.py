@@ -49,6 +49,12 @@ def register(sub: Any) -> None:
         help="QNN targets, comma-separated (sm8550, sm8650, sm8750) or none (default: sm8650 with w8a16)",
     )
     ex.add_argument(
+        "--qnn-precision",
+        default="w8a16",
+        help="QNN context precisions, comma-separated: w8a16 (from the QDQ graph; default) and/or fp16 (the "
+        "fp32 graph run by the HTP in float16: closer to the server, slower)",
+    )
+    ex.add_argument(
         "--precision", default="fp32,fp16,w8a16", help="graph precisions (default fp32,fp16,w8a16)"
     )
     ex.add_argument(
@@ -133,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         seq_len=args.seq_len,
         precisions=precisions,
         targets=_default_targets(precisions) if args.targets is None else _csv(args.targets),
+        qnn_precisions=_csv(args.qnn_precision),
         steps=_ints(args.steps, "--steps"),
         fuse=_csv(args.fuse),
         calibration_dir=Path(args.calibration) if args.calibration else None,

@@ -31,6 +31,9 @@ QNN_TARGETS: dict[str, QnnTarget] = {
 }
 
 PRECISION_NAMES = ("fp32", "fp16", "w8a16")
+QNN_PRECISIONS = ("w8a16", "fp16")
+"""QNN context precisions: ``w8a16`` is compiled from the QDQ graph; ``fp16`` from the fp32 graph, which the
+HTP runs in float16 (``enable_htp_fp16_precision=1``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,8 @@ class ExportConfig:
         sizes: Working sizes (W, H) to compile; default: the model's generate and edit sizes.
         seq_len: Static text length of the UNet graph (official 128).
         precisions: Graph precisions (``fp32`` always, it is the source of the others).
-        targets: QNN targets to compile w8a16 context binaries for (empty: no binaries).
+        targets: QNN targets to compile context binaries for (empty: no binaries).
+        qnn_precisions: Context precisions per target (:data:`QNN_PRECISIONS`; default w8a16 only).
         steps: Step counts whose schedule tables are stored (the model's default is always added).
         opset: ONNX opset of the exported graphs (official 17).
         fuse: Norm fusions for the float graphs (``rmsnorm``, ``groupnorm``); the w8a16/QNN path keeps
@@ -91,6 +95,7 @@ class ExportConfig:
     seq_len: int = 128
     precisions: tuple[str, ...] = ("fp32", "fp16", "w8a16")
     targets: tuple[str, ...] = ("sm8650",)
+    qnn_precisions: tuple[str, ...] = ("w8a16",)
     steps: tuple[int, ...] = ()
     opset: int = 17
     fuse: tuple[str, ...] = ()
@@ -116,9 +121,14 @@ class ExportConfig:
         for t in self.targets:
             if t not in QNN_TARGETS:
                 raise InvalidInputError.one_of("--targets", sorted(QNN_TARGETS), t)
-        if self.targets and "w8a16" not in self.precisions:
+        for p in self.qnn_precisions:
+            if p not in QNN_PRECISIONS:
+                raise InvalidInputError.one_of("--qnn-precision", QNN_PRECISIONS, p)
+        if not self.qnn_precisions:
+            raise InvalidInputError.one_of("--qnn-precision", QNN_PRECISIONS, "")
+        if self.targets and "w8a16" in self.qnn_precisions and "w8a16" not in self.precisions:
             raise InvalidInputError(
-                "--targets", "needs the w8a16 precision (QNN binaries are built from it)."
+                "--targets", "needs the w8a16 precision (its QNN binaries are built from it)."
             )
         if not 1 <= self.seq_len <= 4096:
             raise InvalidInputError("--seq-len", "is out of range.", allowed="1 … 4096", given=self.seq_len)

@@ -76,7 +76,8 @@ def register(sub: Any) -> None:
     run.set_defaults(handler=cmd_run)
 
     verify = psub.add_parser("verify", help="device trace(s) against references → table, HTML, exit code")
-    verify.add_argument("device", metavar="TRACE.json|DIR", help="a device trace or a folder of them")
+    # dest "trace", not "device": the executor options' --device (cpu/cuda) shares the namespace.
+    verify.add_argument("trace", metavar="TRACE.json|DIR", help="a device trace or a folder of them")
     verify.add_argument("--reference", metavar="TRACE.json", help="a reference trace (else computed here)")
     verify.add_argument("--image", help="edit source, when references are computed here")
     verify.add_argument("--report-dir", metavar="DIR", help="write one HTML report per trace here")
@@ -93,7 +94,7 @@ def register(sub: Any) -> None:
     diff.set_defaults(handler=cmd_diff)
 
     bisect = psub.add_parser("bisect", help="find and replay the first divergent stage of a device trace")
-    bisect.add_argument("device", metavar="TRACE.json", help="device trace with its .npz tensors")
+    bisect.add_argument("trace", metavar="TRACE.json", help="device trace with its .npz tensors")
     bisect.add_argument("--reference", metavar="TRACE.json")
     bisect.add_argument("--image")
     bisect.add_argument("--stage", help="replay this stage instead of the first divergent one")
@@ -120,6 +121,11 @@ def register(sub: Any) -> None:
     sim = sub.add_parser("device-sim", help="run a bundle as a phone app would and write a device trace")
     sim.add_argument("--bundle", required=True, metavar="DIR")
     sim.add_argument("--target", default="sm8650")
+    sim.add_argument(
+        "--precision",
+        default="w8a16",
+        help="which of the bundle's QNN contexts: w8a16 (default) or fp16 (exported with --qnn-precision)",
+    )
     sim.add_argument("--request", required=True, metavar="REQ.json")
     sim.add_argument("--image", help="edit source")
     sim.add_argument("--out", required=True, metavar="TRACE.json")
@@ -222,10 +228,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from model_runtime.parity.runner import run_request
     from model_runtime.parity.trace import load_trace
 
-    source = Path(args.device)
+    source = Path(args.trace)
     paths = sorted(p for p in source.glob("*.json")) if source.is_dir() else [source]
     if not paths:
-        raise InvalidInputError("device", "holds no trace files.", given=str(source))
+        raise InvalidInputError("trace", "holds no trace files.", given=str(source))
     pipeline = None
     ref_fixed = load_trace(Path(args.reference)) if args.reference else None
     reports = []
@@ -301,9 +307,9 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     from model_runtime.parity.runner import run_request
     from model_runtime.parity.trace import load_trace
 
-    device, dev_tensors = load_trace(Path(args.device))
+    device, dev_tensors = load_trace(Path(args.trace))
     if dev_tensors is None:
-        raise InvalidInputError("device", "needs its .npz tensors beside it for a replay.", given=args.device)
+        raise InvalidInputError("trace", "needs its .npz tensors beside it for a replay.", given=args.trace)
     pipeline = _pipeline(args)
     if args.reference:
         reference, ref_tensors = load_trace(Path(args.reference))
@@ -366,7 +372,7 @@ def cmd_device_sim(args: argparse.Namespace) -> int:
         raise InvalidInputError(
             "noise", "must be dln1 on a device (torch-cpu noise needs torch).", given=request.noise
         )
-    options: dict[str, Any] = {"target": args.target}
+    options: dict[str, Any] = {"target": args.target, "precision": args.precision}
     if args.allow_cpu_fallback:
         options["allow_cpu_fallback"] = True
     pipeline = load_pipeline(Path(args.bundle), backend="qnn", **options)

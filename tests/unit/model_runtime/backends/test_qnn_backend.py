@@ -18,7 +18,13 @@ import pytest
 
 from model_runtime import BackendUnavailableError, InferenceError, InvalidInputError, load_pipeline
 from model_runtime.backends import qnn_backend
-from tests.unit.model_runtime.backends.parity_cases import PSNR_MIN_W8A16_DB, compare, digest, run_cases
+from tests.unit.model_runtime.backends.parity_cases import (
+    PSNR_MIN_FP16_DB,
+    PSNR_MIN_W8A16_DB,
+    compare,
+    digest,
+    run_cases,
+)
 
 ROOT = Path(__file__).resolve().parents[4]
 Bundle = tuple[Path, dict[str, Any]]
@@ -90,6 +96,21 @@ def test_in_process_backend_reports_target_and_refuses_a_second_target(built_bun
         qnn_backend.claim_target("sm8750")
     with pytest.raises(InvalidInputError, match="`target`"):
         load_pipeline(built_bundle[0], backend="qnn", target="sm8750")  # no binaries for it in this bundle
+
+
+def test_fp16_contexts_are_closer_to_torch_than_w8a16(
+    built_bundle: Bundle, torch_reference: dict[str, Any]
+) -> None:
+    # The fp32 graph compiled for the HTP runs in float16 there (enable_htp_fp16_precision=1).
+    reports = {}
+    for precision in ("fp16", "w8a16"):
+        pipeline = load_pipeline(built_bundle[0], backend="qnn", target="sm8650", precision=precision)
+        assert pipeline.backend.info.details["precision"] == precision
+        reports[precision] = compare(run_cases(pipeline), torch_reference)
+    print("qnn sm8650 (HTP emulator) vs torch fp32, fp16 / w8a16 contexts:", reports)
+    for task in ("generate", "edit"):
+        assert reports["fp16"][task]["psnr_db"] >= PSNR_MIN_FP16_DB, (task, reports)
+        assert reports["fp16"][task]["psnr_db"] > reports["w8a16"][task]["psnr_db"] + 10.0, (task, reports)
 
 
 def test_cpu_fallback_only_when_configured_and_reported(

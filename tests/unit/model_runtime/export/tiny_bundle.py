@@ -2,7 +2,8 @@
 
 The bundle is made with the real command (``python -m model_runtime.export``, the handler ``dreamlite
 export`` runs, in process) at one small working size,
-with all three precisions and sm8650 context binaries. It is cached under pytest's cache folder, keyed by
+with all three precisions and sm8650 context binaries
+(w8a16 and fp16). It is cached under pytest's cache folder, keyed by
 the content of every ``model_runtime`` source file, the fixture model and the library versions, so a
 rerun with unchanged code reuses it; any code change rebuilds it. A file lock makes concurrent test
 processes build it once.
@@ -35,6 +36,8 @@ EXPORT_ARGS = [
     "fp32,fp16,w8a16",
     "--targets",
     "sm8650",
+    "--qnn-precision",
+    "w8a16,fp16",
     "--calibration-prompts",
     "2",
     "--parity",

@@ -205,6 +205,28 @@ def test_cpu_ep_qdq_reference_is_never_bit_exact(built_bundle: Any, gen_trace: P
     print(json.dumps({s["name"]: [s["verdict"], s["pct_of_range"], s["psnr_db"]] for s in report["stages"]}))
 
 
+def test_fp16_contexts_verify_closer_to_the_torch_server_than_w8a16(
+    built_bundle: Any, gen_request: Any, gen_trace: Path, tmp_path: Path
+) -> None:
+    """The server's own reference (torch, the default backend) against the device's two context precisions."""
+    bundle, _ = built_bundle
+    fp16 = tmp_path / "gen-fp16.json"
+    proc = dreamlite(
+        "device-sim", "--bundle", str(bundle), "--target", TARGET, "--precision", "fp16",
+        "--request", str(gen_request[0]), "--out", str(fp16),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    image_db = {}
+    for name, trace in (("fp16", fp16), ("w8a16", gen_trace)):
+        _, reports, out = verify(trace, bundle, "--model", str(TINY_MODEL))  # torch backend, float32
+        (report,) = reports
+        assert report["first_divergent_stage"] in ("text_features", "step0.unet_out"), out
+        stages = {st["name"]: st for st in report["stages"]}
+        image_db[name] = stages["decoded"]["psnr_db"]
+    print("decoded image vs torch fp32 (dB):", image_db)
+    assert image_db["fp16"] > image_db["w8a16"] + 10.0, image_db
+
+
 def test_device_sim_needs_portable_noise(built_bundle: Any, gen_request: Any, tmp_path: Path) -> None:
     bundle, _ = built_bundle
     _, req = gen_request
