@@ -122,7 +122,9 @@ class ParitySettings(_Group):
     )
     executors: list[str] = Field(
         default_factory=lambda: ["qnn:sm8650", "onnx:w8a16", "onnx:fp32"],
-        description="Executors as JSON, first = default: qnn:<target> (emulator), onnx:<precision> (CPU EP).",
+        description=(
+            "Executors as JSON, first = default: qnn:<target>[/fp16] (emulator), onnx:<precision> (CPU EP)."
+        ),
     )
     cache_entries: int = Field(default=32, ge=1, description="Reference traces cached per executor.")
     max_jobs: int = Field(default=256, ge=1, description="Finished parity jobs retained.")

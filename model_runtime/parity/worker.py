@@ -27,7 +27,7 @@ _LOCK = threading.Lock()
 
 @dataclass(frozen=True, slots=True)
 class ExecutorSpec:
-    """A parity executor: ``qnn:<target>`` or ``onnx:<precision>`` over one bundle."""
+    """A parity executor: ``qnn:<target>[/<precision>]`` or ``onnx:<precision>`` over one bundle."""
 
     name: str
     backend: str
@@ -35,7 +35,7 @@ class ExecutorSpec:
 
     @classmethod
     def parse(cls, name: str) -> ExecutorSpec:
-        """Parse ``qnn:sm8650`` / ``onnx:w8a16``.
+        """Parse ``qnn:sm8650`` (its w8a16 contexts) / ``qnn:sm8650/fp16`` / ``onnx:w8a16``.
 
         Raises:
             InvalidInputError: Not of that form.
@@ -44,8 +44,8 @@ class ExecutorSpec:
         if backend not in ("qnn", "onnx") or not option:
             raise InvalidInputError(
                 "executor",
-                "must be qnn:<target> or onnx:<precision>.",
-                allowed="e.g. qnn:sm8650, onnx:w8a16",
+                "must be qnn:<target>[/<precision>] or onnx:<precision>.",
+                allowed="e.g. qnn:sm8650, qnn:sm8650/fp16, onnx:w8a16",
                 given=name,
             )
         return cls(name=name, backend=backend, option=option)
@@ -53,7 +53,8 @@ class ExecutorSpec:
     def load_options(self) -> dict[str, Any]:
         """Keyword options for :func:`model_runtime.pipeline.load_pipeline`."""
         if self.backend == "qnn":
-            return {"target": self.option}
+            target, _, precision = self.option.partition("/")
+            return {"target": target, "precision": precision or "w8a16"}
         return {"precision": self.option}
 
 

@@ -44,7 +44,7 @@ class ParityReferenceBody(BaseModel):
 
     request: CanonicalRequest
     executor: str | None = Field(
-        default=None, description="qnn:<target> or onnx:<precision>; default: the first"
+        default=None, description="qnn:<target>[/<precision>] or onnx:<precision>; default: the first"
     )
     edit_image_b64: str | None = Field(default=None, description="the edit source (base64 PNG/JPEG/WebP)")
 
