@@ -36,7 +36,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", metavar="DIR", help="device bundle (onnx and qnn backends)")
     parser.add_argument("--target", default=None, help="QNN target SoC for --backend qnn, e.g. sm8650")
     parser.add_argument(
-        "--precision", default=None, help="bundle graph precision for onnx: fp32, fp16, w8a16"
+        "--precision",
+        default=None,
+        help="bundle graph precision: fp32, fp16, w8a16 (onnx); w8a16 (default) or fp16 contexts (qnn)",
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch backend)")
