@@ -412,8 +412,7 @@ class _Exporter:
                         "outputs": outs,
                     }
                 )
-                timing_key = item["key"] if qnn_precision == "w8a16" else f"{item['key']}:{qnn_precision}"
-                self.qnn_timings[f"{name}:{timing_key}"] = {
+                self.qnn_timings[f"{_qnn_tag(name, qnn_precision)}:{item['key']}"] = {
                     k: res[k] for k in ("compile_s", "load_s", "run_s", "single_run_s", "emulator_runs")
                 }
                 if "out" in item:
@@ -421,7 +420,7 @@ class _Exporter:
                         emulated = [np.asarray(data[f"arr_{i}"]) for i in range(len(data.files))]
                     outputs.setdefault(qnn_precision, {})[item["key"]] = emulated
             for qnn_precision, per_graph in outputs.items():  # parity reports: qnn:<target>[/<precision>]
-                emulator_outputs[name if qnn_precision == "w8a16" else f"{name}/{qnn_precision}"] = per_graph
+                emulator_outputs[_qnn_tag(name, qnn_precision)] = per_graph
             self.targets.append(
                 {
                     "name": name,
@@ -582,28 +581,36 @@ def _e2e(exporter: _Exporter, reference: dict[tuple[int, int], Any], steps: int)
     if not exporter.config.parity_qnn:
         return
     for name in exporter.config.targets:
-        out = exporter.work / f"e2e-{name}.npz"
-        result = run_job(
-            {
-                "kind": "pipeline",
-                "target": name,
-                "bundle": str(exporter.out),
-                "sizes": exporter.sizes,
-                "steps": steps,
-                "out": str(out),
-            },
-            exporter.work,
-        )
-        exporter.qnn_timings[f"{name}:e2e"] = result
-        with np.load(out) as data:
-            got: dict[tuple[int, int], dict[str, dict[str, NDArray[Any]]]] = {}
-            for key in data.files:
-                tag, task, what = key.split("/")
-                w, h = (int(v) for v in tag.split("x"))
-                got.setdefault((w, h), {}).setdefault(task, {})[what] = np.asarray(data[key])
-        exporter.parity["e2e"][f"qnn:{name}"] = {
-            _size_dir(size): e2e_parity(got[size], reference[size]) for size in exporter.sizes
-        }
+        for qnn_precision in exporter.config.qnn_precisions:
+            tag = _qnn_tag(name, qnn_precision)
+            out = exporter.work / f"e2e-{name}-{qnn_precision}.npz"
+            result = run_job(
+                {
+                    "kind": "pipeline",
+                    "target": name,
+                    "precision": qnn_precision,
+                    "bundle": str(exporter.out),
+                    "sizes": exporter.sizes,
+                    "steps": steps,
+                    "out": str(out),
+                },
+                exporter.work,
+            )
+            exporter.qnn_timings[f"{tag}:e2e"] = result
+            with np.load(out) as data:
+                got: dict[tuple[int, int], dict[str, dict[str, NDArray[Any]]]] = {}
+                for key in data.files:
+                    size_tag, task, what = key.split("/")
+                    w, h = (int(v) for v in size_tag.split("x"))
+                    got.setdefault((w, h), {}).setdefault(task, {})[what] = np.asarray(data[key])
+            exporter.parity["e2e"][f"qnn:{tag}"] = {
+                _size_dir(size): e2e_parity(got[size], reference[size]) for size in exporter.sizes
+            }
+
+
+def _qnn_tag(target: str, precision: str) -> str:
+    """How reports name a target's contexts: ``<target>`` (w8a16, the default) or ``<target>/<precision>``."""
+    return target if precision == "w8a16" else f"{target}/{precision}"
 
 
 def export_bundle(

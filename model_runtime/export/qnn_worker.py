@@ -88,7 +88,12 @@ def _pipeline(job: dict[str, Any]) -> dict[str, Any]:
     from model_runtime.pipeline import Pipeline
 
     t0 = time.perf_counter()
-    backend = load_qnn_backend(job["bundle"], target=job["target"], fallback=job.get("fallback", "none"))
+    backend = load_qnn_backend(
+        job["bundle"],
+        target=job["target"],
+        precision=job.get("precision", "w8a16"),
+        fallback=job.get("fallback", "none"),
+    )
     load_s = time.perf_counter() - t0
     pipeline = Pipeline(backend)
     arrays: dict[str, NDArray[Any]] = {}

@@ -25,6 +25,8 @@ def test_full_export_with_two_targets_and_e2e_parity(tmp_path: Path) -> None:
         "64x64",
         "--targets",
         "sm8650,sm8750",
+        "--qnn-precision",
+        "w8a16,fp16",
         "--calibration-prompts",
         "2",
         "--parity",
@@ -38,12 +40,15 @@ def test_full_export_with_two_targets_and_e2e_parity(tmp_path: Path) -> None:
         ("sm8750", 69, 79),
     ]
     e2e = manifest["parity"]["e2e"]
-    assert set(e2e) == {"fp32", "fp16", "w8a16", "qnn:sm8650", "qnn:sm8750"}
+    qnn = {"qnn:sm8650", "qnn:sm8750", "qnn:sm8650/fp16", "qnn:sm8750/fp16"}
+    assert set(e2e) == {"fp32", "fp16", "w8a16", *qnn}
     for task in ("generate", "edit"):
         assert e2e["fp32"]["64x64"][task]["latent_max_abs"] <= 1e-4
         assert e2e["fp16"]["64x64"][task]["image_psnr_db"] >= 45.0
         for key in ("w8a16", "qnn:sm8650", "qnn:sm8750"):
             assert e2e[key]["64x64"][task]["image_psnr_db"] >= 25.0, (key, task, e2e[key])
+        for key in ("qnn:sm8650/fp16", "qnn:sm8750/fp16"):  # the fp32 graphs, run by the HTP in fp16
+            assert e2e[key]["64x64"][task]["image_psnr_db"] >= 45.0, (key, task, e2e[key])
     # Different HTP architectures compile different binaries.
     files = bundle.manifest.files
     unet = {
