@@ -16,6 +16,7 @@ This is the only runtime module that imports torch, diffusers and transformers.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,12 @@ def resolve_device(device: str) -> torch.device:
     raise InvalidInputError.one_of("device", ["cpu", "cuda", "cuda:N"], device)
 
 
+_TEXT_STATE_LOCK = threading.Lock()
+"""Serialises :func:`prefinal_text_states`: its norm hook and the cleared ``rope_deltas`` are state on the
+shared module, so two threads encoding at once (two apps on one runtime, or a job still running while another
+app warms up) saw each other's norm calls ("expected one call of the final norm, saw 2", measured)."""
+
+
 def prefinal_text_states(
     text_encoder: Any,
     input_ids: torch.Tensor,
@@ -76,23 +83,26 @@ def prefinal_text_states(
     def grab(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         captured.append(args[0])
 
-    handle = model.language_model.norm.register_forward_pre_hook(grab)
-    try:
-        model.rope_deltas = None  # M-RoPE offsets are cached on the module between calls; never reuse them
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "use_cache": False,
-        }
-        if pixel_values is not None:
-            image_token_id = int(text_encoder.config.image_token_id)
-            kwargs["pixel_values"] = pixel_values
-            kwargs["image_grid_thw"] = image_grid_thw
-            kwargs["mm_token_type_ids"] = (input_ids == image_token_id).to(torch.int32)
-        model(**kwargs)
-    finally:
-        handle.remove()
-        model.rope_deltas = None
+    with _TEXT_STATE_LOCK:
+        handle = model.language_model.norm.register_forward_pre_hook(grab)
+        try:
+            model.rope_deltas = (
+                None  # M-RoPE offsets are cached on the module between calls; never reuse them
+            )
+            kwargs: dict[str, Any] = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "use_cache": False,
+            }
+            if pixel_values is not None:
+                image_token_id = int(text_encoder.config.image_token_id)
+                kwargs["pixel_values"] = pixel_values
+                kwargs["image_grid_thw"] = image_grid_thw
+                kwargs["mm_token_type_ids"] = (input_ids == image_token_id).to(torch.int32)
+            model(**kwargs)
+        finally:
+            handle.remove()
+            model.rope_deltas = None
     if len(captured) != 1:
         raise RuntimeError(f"expected one call of the final norm, saw {len(captured)}")
     return captured[0]
