@@ -3,10 +3,12 @@
 The HTP emulator's SoC setting is process-global, so the exporter runs this module once per target as
 ``python -m model_runtime.export.qnn_worker JOB.json``:
 
-* ``compile`` — for each w8a16 graph: create a QNN session with ``ep.context_enable=1`` (writes
+* ``compile`` — for each graph named in the job (w8a16 QDQ graphs; fp32 graphs for fp16 contexts): create
+  a QNN session with ``ep.context_enable=1`` (writes
   ``<name>_ctx.onnx`` + ``<name>_ctx_qnn.bin``), reload the context model exactly as the backend will, and
   run the parity feeds through it (outputs saved for the parent to score);
-* ``pipeline`` — load the bundle with the ``qnn`` backend and run the held-out generate and edit.
+* ``pipeline`` — load the bundle with the ``qnn`` backend (the job's context precision) and run the held-out
+  generate and edit.
 
 Results go to the JSON/NPZ paths named in the job; nothing is returned through stdout.
 """
@@ -91,7 +93,7 @@ def _pipeline(job: dict[str, Any]) -> dict[str, Any]:
     backend = load_qnn_backend(
         job["bundle"],
         target=job["target"],
-        precision=job.get("precision", "w8a16"),
+        precision=job.get("precision"),  # None: the backend's default (w8a16)
         fallback=job.get("fallback", "none"),
     )
     load_s = time.perf_counter() - t0

@@ -110,34 +110,32 @@ def draw_examples(
     still drawn per use. With ``edit_kinds``, an edit of another kind is drawn again (``None``: every kind,
     and no extra draws from ``rng``).
     """
+
+    def source_rng(is_edit: bool) -> np.random.Generator:
+        return (
+            rng if pool is None else np.random.default_rng([pool_seed, int(is_edit), int(rng.integers(pool))])
+        )
+
     out = []
     for _ in range(n):
-        is_edit = rng.random() < edit_share
-        while True:
-            src_rng = (
-                rng
-                if pool is None
-                else np.random.default_rng([pool_seed, int(is_edit), int(rng.integers(pool))])
+        if rng.random() >= edit_share:
+            scene = world.train_scene(source_rng(False))
+            caption = scene.caption(world.random_order(rng, len(scene.objects)))
+            out.append(Example("generate", caption, world.render(scene), target_key=scene.key()))
+            continue
+        e = world.train_edit(source_rng(True))
+        while edit_kinds is not None and e.kind not in edit_kinds:
+            e = world.train_edit(source_rng(True))
+        out.append(
+            Example(
+                "edit",
+                e.instruction,
+                world.render(e.target),
+                world.render(e.source),
+                e.target.key(),
+                e.source.key(),
             )
-            if not is_edit:
-                scene = world.train_scene(src_rng)
-                caption = scene.caption(world.random_order(rng, len(scene.objects)))
-                out.append(Example("generate", caption, world.render(scene), target_key=scene.key()))
-                break
-            e = world.train_edit(src_rng)
-            if edit_kinds is not None and e.kind not in edit_kinds:
-                continue
-            out.append(
-                Example(
-                    "edit",
-                    e.instruction,
-                    world.render(e.target),
-                    world.render(e.source),
-                    e.target.key(),
-                    e.source.key(),
-                )
-            )
-            break
+        )
     return out
 
 
@@ -430,7 +428,7 @@ class DiffusionStage:
         rng = np.random.default_rng([self.seed, i])
         cfg = self.cfg
         examples = draw_examples(rng, cfg.batch, cfg.edit_share, cfg.pool, self.seed, cfg.edit_kinds)
-        return identity_edits(examples, self.cfg.copy_share, rng), rng
+        return identity_edits(examples, cfg.copy_share, rng), rng
 
     def loss(self, examples: Sequence[Example], rng: np.random.Generator) -> torch.Tensor:
         """Rectified-flow loss of one batch."""
