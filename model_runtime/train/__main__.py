@@ -87,38 +87,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model_runtime.train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the recipe (default)")
+    # Every run option is accepted before and after ``run``. argparse writes a subparser's defaults over the
+    # values parsed before it, so the subparser's copies default to "not given" (SUPPRESS): ``--out X run``
+    # must not fall back to the default output, which is the shipped model folder.
     for p in (parser, run):
-        p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN, help="run folder (checkpoints, logs)")
-        p.add_argument("--stage", action="append", help="run only this stage (repeatable)")
+
+        def default(value: object, p: argparse.ArgumentParser = p) -> object:
+            return value if p is parser else argparse.SUPPRESS
+
         p.add_argument(
-            "--out", default=str(DEFAULT_OUT), help="where the student folder is copied ('none' to skip)"
+            "--run-dir", type=Path, default=default(DEFAULT_RUN), help="run folder (checkpoints, logs)"
         )
-        p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
-        p.add_argument("--force", action="store_true", help="re-run stages already marked done")
-        p.add_argument("--quick", action="store_true", help="tiny sizes and steps (smoke test)")
-        p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+        p.add_argument(
+            "--stage", action="append", default=default(None), help="run only this stage (repeatable)"
+        )
+        p.add_argument(
+            "--out",
+            default=default(str(DEFAULT_OUT)),
+            help="where the student folder is copied ('none' to skip)",
+        )
+        p.add_argument(
+            "--no-resume", action="store_true", default=default(False), help="ignore existing checkpoints"
+        )
+        p.add_argument(
+            "--force", action="store_true", default=default(False), help="re-run stages already marked done"
+        )
+        p.add_argument(
+            "--quick", action="store_true", default=default(False), help="tiny sizes and steps (smoke test)"
+        )
+        p.add_argument("--threads", type=int, default=default(2), help="torch CPU threads")
         p.add_argument(
             "--vae-precision",
             choices=("auto", "bf16", "fp32"),
-            default=None,
+            default=default(None),
             help="the VAE stage's precision (default: the run's recipe, 'auto' = bf16 only where the CPU "
             "has native bf16; emulated bf16 is ~8x slower)",
         )
         p.add_argument(
             "--unet-layout",
             choices=tuple(UNET_LAYOUTS),
-            default=None,
+            default=default(None),
             help="the UNet's block layout for a new run (default: the run's recipe; 'mobile' = "
             "DreamLite-mobile's, the shipped one)",
         )
         p.add_argument(
             "--copy-steps",
             type=int,
-            default=None,
+            default=default(None),
             help="identity-edit steps before the edit stage, for a new run (default: the run's recipe; the "
             "shipped one has 0)",
         )
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--no-progress", action="store_true", default=default(False), help="no progress bars")
     plot = sub.add_parser("plot", help="plot the loss log")
     plot.add_argument("--log", default=str(DEFAULT_RUN / "train_log.json"))
     plot.add_argument("--out", default="docs/img/nano-loss.png")

@@ -314,3 +314,38 @@ def test_kept_cells_are_the_untouched_objects_of_an_edit() -> None:
     kept, changed = diffusion.edit_cells([generate])
     assert kept.sum() == 0
     assert changed.sum() == 0
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_cli_run_options_count_on_either_side_of_the_run_command(tmp_path: Path, where: str) -> None:
+    # Regression: argparse let the `run` subparser's defaults overwrite options given before `run`, so
+    # `--run-dir R --out X run` trained into runs/nano and copied the student over the shipped model folder.
+    from model_runtime.train.__main__ import DEFAULT_OUT, build_parser
+
+    options = [
+        "--run-dir",
+        str(tmp_path),
+        "--out",
+        "none",
+        "--no-progress",
+        "--stage",
+        "vae",
+        "--threads",
+        "1",
+    ]
+    argv = [*options, "run"] if where == "before" else ["run", *options]
+    args = build_parser().parse_args(argv)
+    assert (args.run_dir, args.out, args.no_progress, args.stage, args.threads) == (
+        tmp_path,
+        "none",
+        True,
+        ["vae"],
+        1,
+    )
+    defaults = build_parser().parse_args(["run"])
+    assert (defaults.out, defaults.no_progress, defaults.stage, defaults.threads) == (
+        str(DEFAULT_OUT),
+        False,
+        None,
+        2,
+    )
