@@ -6,6 +6,7 @@ Examples::
     python -m model_runtime.train --stage t2i --stage edit   # single stages (earlier ones must be done)
     python -m model_runtime.train --no-resume --force   # start again from scratch
     python -m model_runtime.train --run-dir runs/copy --copy-steps 600   # a new run with a copy stage
+    python -m model_runtime.train --run-dir runs/e1300 --set edit_steps=1300 --set edit.lr=0.001
     python -m model_runtime.train plot --log runs/nano/train_log.json --out docs/img/nano-loss.png
 """
 
@@ -18,8 +19,12 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model_runtime.train.configs import UNET_LAYOUTS
+
+if TYPE_CHECKING:
+    from model_runtime.train.recipe import RecipeConfig
 
 DEFAULT_RUN = Path("runs/nano")
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "dreamlite-nano"
@@ -66,12 +71,54 @@ def _run(args: argparse.Namespace) -> int:
             )
             return 2
         config = replace(config if config is not None else saved, **overrides)
+    if args.set:
+        config = _with_settings(
+            args, config if config is not None else RecipeConfig.saved_or_default(args.run_dir)
+        )
+        if config is None:
+            return 2
     recipe = Recipe(args.run_dir, config, resume=not args.no_resume, progress=not args.no_progress)
     t0 = time.perf_counter()
     timings = recipe.run(stages, out=None if args.out == "none" else Path(args.out), force=args.force)
     timings["total"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({"run_dir": str(args.run_dir), "wall_seconds": timings}, indent=1))
     return 0
+
+
+def _with_settings(args: argparse.Namespace, config: RecipeConfig) -> RecipeConfig | None:
+    """``config`` with the ``--set KEY=VALUE`` settings, or None (reported) when one is invalid.
+
+    A setting that would change a stage that has started is invalid: that stage's checkpoint and every later
+    stage were or will be built with the old value.
+    """
+    from model_runtime.train.recipe import RecipeConfig, setting_stage
+
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError("expected KEY=VALUE, e.g. edit_steps=1300 or edit.lr=0.001")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw  # a bare string: --set unet_layout=topup
+            changed = config.with_setting(key, value)
+            stage = setting_stage(key)
+        except ValueError as e:
+            print(f"--set {item}: {e}", file=sys.stderr)
+            return None
+        started = any((args.run_dir / stage / name).is_file() for name in ("done.json", "ckpt.pt"))
+        saved = RecipeConfig.saved_or_default(args.run_dir)
+        if started and saved.with_setting(key, value) != saved:
+            print(
+                f"--set {item}: stage {stage!r} of the run in {args.run_dir} has started with another value; "
+                "branch a new run folder instead (copy the folders of the stages before it and its "
+                "recipe.json, then --set there; docs/nano.md)",
+                file=sys.stderr,
+            )
+            return None
+        config = changed
+    return config
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -138,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
             "shipped one has 0)",
         )
         p.add_argument("--no-progress", action="store_true", default=default(False), help="no progress bars")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=default(None),
+            metavar="KEY=VALUE",
+            help="change one recipe setting (repeatable; VALUE as JSON): edit_steps=1300, edit.lr=0.001; "
+            "refused for a stage that has started",
+        )
     plot = sub.add_parser("plot", help="plot the loss log")
     plot.add_argument("--log", default=str(DEFAULT_RUN / "train_log.json"))
     plot.add_argument("--out", default="docs/img/nano-loss.png")

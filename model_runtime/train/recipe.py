@@ -28,7 +28,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,27 @@ class RecipeConfig:
             distill_steps=2,
         )
 
+    def with_setting(self, key: str, value: Any) -> RecipeConfig:
+        """A copy with one field set: ``edit_steps`` or ``stage.field`` (``edit.lr``) to a parsed JSON value.
+
+        Raises:
+            ValueError: An unknown key, or a value of another type than the field's (an int is accepted
+                for a float and a list for a tuple).
+        """
+        head, _, leaf = key.partition(".")
+        top = {f.name: f for f in fields(self)}
+        if head not in top or (leaf and not is_dataclass(getattr(self, head))):
+            nested = [f"{name}.<field>" for name, f in top.items() if is_dataclass(getattr(self, name))]
+            plain = [name for name in top if not is_dataclass(getattr(self, name))]
+            raise ValueError(f"unknown recipe key {key!r}; keys: {', '.join(plain + nested)}")
+        if not leaf:
+            return replace(self, **{head: _typed(key, getattr(self, head), value)})
+        inner = getattr(self, head)
+        names = [f.name for f in fields(inner)]
+        if leaf not in names:
+            raise ValueError(f"unknown recipe key {key!r}; fields of {head!r}: {', '.join(names)}")
+        return replace(self, **{head: replace(inner, **{leaf: _typed(key, getattr(inner, leaf), value)})})
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)
@@ -151,6 +172,29 @@ class RecipeConfig:
         dist["guidance"] = tuple(dist["guidance"])
         d["distill"] = DistillConfig(**dist)
         return cls(**d)
+
+
+def _typed(key: str, current: Any, value: Any) -> Any:
+    """``value`` checked against the type of the field's ``current`` value (see ``with_setting``)."""
+    if isinstance(current, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if is_dataclass(current) or type(value) is not type(current):
+        if current is None:  # optional fields (``edit_kinds``): the dataclass validates the value
+            return tuple(value) if isinstance(value, list) else value
+        raise ValueError(f"{key}: expected a {type(current).__name__} like {current!r}, got {value!r}")
+    return value
+
+
+def setting_stage(key: str) -> str:
+    """The first stage a recipe key changes (its weights and every later stage's depend on it)."""
+    head = key.partition(".")[0]
+    early = {"sizes": "vae", "seed": "vae", "vae_batch": "vae", "vae_precision": "vae", "unet_layout": "t2i"}
+    stage = early.get(head, head.removesuffix("_steps"))
+    if stage not in STAGES:
+        raise ValueError(f"unknown recipe key {key!r}")
+    return stage
 
 
 class Recipe:

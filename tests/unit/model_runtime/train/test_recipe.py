@@ -332,20 +332,68 @@ def test_cli_run_options_count_on_either_side_of_the_run_command(tmp_path: Path,
         "vae",
         "--threads",
         "1",
+        "--set",
+        "edit_steps=5",
     ]
     argv = [*options, "run"] if where == "before" else ["run", *options]
     args = build_parser().parse_args(argv)
-    assert (args.run_dir, args.out, args.no_progress, args.stage, args.threads) == (
+    assert (args.run_dir, args.out, args.no_progress, args.stage, args.threads, args.set) == (
         tmp_path,
         "none",
         True,
         ["vae"],
         1,
+        ["edit_steps=5"],
     )
     defaults = build_parser().parse_args(["run"])
-    assert (defaults.out, defaults.no_progress, defaults.stage, defaults.threads) == (
+    assert (defaults.out, defaults.no_progress, defaults.stage, defaults.threads, defaults.set) == (
         str(DEFAULT_OUT),
         False,
         None,
         2,
+        None,
     )
+
+
+def test_cli_set_changes_recipe_settings_of_stages_that_have_not_started(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_runtime.train.__main__ import main
+
+    args = ["--run-dir", str(tmp_path), "--quick", "--stage", "tokenizer", "--out", "none", "--no-progress"]
+    sets = ["--set", "edit_steps=7", "--set", "edit.lr=1", "--set", 'joint.edit_kinds=["colour"]']
+    assert main([*args, *sets]) == 0
+    saved = json.loads((tmp_path / "recipe.json").read_text())
+    assert (saved["edit_steps"], saved["edit"]["lr"], saved["joint"]["edit_kinds"]) == (7, 1.0, ["colour"])
+    assert saved["joint_steps"] == RecipeConfig.quick().joint_steps  # nothing else moved
+
+    (tmp_path / "edit").mkdir()
+    (tmp_path / "edit" / "ckpt.pt").write_bytes(b"")  # the edit stage has started
+    assert main([*args, "--set", "edit_steps=8"]) == 2
+    assert "stage 'edit' of the run" in capsys.readouterr().err
+    assert main([*args, "--set", "edit_steps=7", "--set", "distill_steps=3"]) == 0  # same value: allowed
+    assert json.loads((tmp_path / "recipe.json").read_text())["distill_steps"] == 3
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("edit_step=5", "unknown recipe key 'edit_step'; keys: "),
+        ("edit.learning_rate=1", "fields of 'edit': "),
+        ("edit_steps=many", "edit_steps: expected a int like"),
+        ("edit.lr=[1]", "edit.lr: expected a float"),
+        ("edit_steps", "expected KEY=VALUE"),
+        ('edit.edit_kinds=["paint"]', "edit_kinds"),
+    ],
+)
+def test_cli_set_refuses_unknown_keys_and_wrong_types(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, message: str
+) -> None:
+    from model_runtime.train.__main__ import main
+
+    argv = ["--run-dir", str(tmp_path), "--quick", "--stage", "tokenizer", "--out", "none", "--set", setting]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"--set {setting}: ")
+    assert message in err
+    assert not (tmp_path / "recipe.json").exists()  # refused before anything was written
