@@ -86,9 +86,8 @@ def prefinal_text_states(
     with _TEXT_STATE_LOCK:
         handle = model.language_model.norm.register_forward_pre_hook(grab)
         try:
-            model.rope_deltas = (
-                None  # M-RoPE offsets are cached on the module between calls; never reuse them
-            )
+            # M-RoPE offsets are cached on the module between calls; never reuse them
+            model.rope_deltas = None
             kwargs: dict[str, Any] = {
                 "input_ids": input_ids,
                 "attention_mask": attention_mask,

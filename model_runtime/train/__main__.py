@@ -93,6 +93,7 @@ def _with_settings(args: argparse.Namespace, config: RecipeConfig) -> RecipeConf
     """
     from model_runtime.train.recipe import RecipeConfig, setting_stage
 
+    saved = RecipeConfig.saved_or_default(args.run_dir)  # what the run's started stages were built with
     for item in args.set:
         key, sep, raw = item.partition("=")
         try:
@@ -108,7 +109,6 @@ def _with_settings(args: argparse.Namespace, config: RecipeConfig) -> RecipeConf
             print(f"--set {item}: {e}", file=sys.stderr)
             return None
         started = any((args.run_dir / stage / name).is_file() for name in ("done.json", "ckpt.pt"))
-        saved = RecipeConfig.saved_or_default(args.run_dir)
         if started and saved.with_setting(key, value) != saved:
             print(
                 f"--set {item}: stage {stage!r} of the run in {args.run_dir} has started with another value; "

@@ -135,17 +135,17 @@ class RecipeConfig:
                 for a float and a list for a tuple).
         """
         head, _, leaf = key.partition(".")
-        top = {f.name: f for f in fields(self)}
-        if head not in top or (leaf and not is_dataclass(getattr(self, head))):
-            nested = [f"{name}.<field>" for name, f in top.items() if is_dataclass(getattr(self, name))]
-            plain = [name for name in top if not is_dataclass(getattr(self, name))]
+        names = [f.name for f in fields(self)]
+        if head not in names or (leaf and not is_dataclass(getattr(self, head))):
+            plain = [name for name in names if not is_dataclass(getattr(self, name))]
+            nested = [f"{name}.<field>" for name in names if is_dataclass(getattr(self, name))]
             raise ValueError(f"unknown recipe key {key!r}; keys: {', '.join(plain + nested)}")
         if not leaf:
             return replace(self, **{head: _typed(key, getattr(self, head), value)})
         inner = getattr(self, head)
-        names = [f.name for f in fields(inner)]
-        if leaf not in names:
-            raise ValueError(f"unknown recipe key {key!r}; fields of {head!r}: {', '.join(names)}")
+        inner_names = [f.name for f in fields(inner)]
+        if leaf not in inner_names:
+            raise ValueError(f"unknown recipe key {key!r}; fields of {head!r}: {', '.join(inner_names)}")
         return replace(self, **{head: replace(inner, **{leaf: _typed(key, getattr(inner, leaf), value)})})
 
     def to_json(self) -> dict[str, Any]:
@@ -176,13 +176,13 @@ class RecipeConfig:
 
 def _typed(key: str, current: Any, value: Any) -> Any:
     """``value`` checked against the type of the field's ``current`` value (see ``with_setting``)."""
-    if isinstance(current, tuple) and isinstance(value, list):
+    if isinstance(value, list) and (current is None or isinstance(current, tuple)):
         return tuple(value)
+    if current is None:  # an optional field (``edit_kinds``): the dataclass validates the value
+        return value
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if is_dataclass(current) or type(value) is not type(current):
-        if current is None:  # optional fields (``edit_kinds``): the dataclass validates the value
-            return tuple(value) if isinstance(value, list) else value
+    if type(value) is not type(current):
         raise ValueError(f"{key}: expected a {type(current).__name__} like {current!r}, got {value!r}")
     return value
 
