@@ -84,7 +84,7 @@ class RecipeConfig:
     read: TextPretrainConfig = field(
         default_factory=lambda: TextPretrainConfig(lr=1e-3, warmup=30, captions_first=0, read_images=True)
     )
-    read_steps: int = 500
+    read_steps: int = 1500
     copy: DiffusionConfig = field(
         default_factory=lambda: copy_only(DiffusionConfig(edit_share=1.0, lr=1e-3, warmup=20))
     )

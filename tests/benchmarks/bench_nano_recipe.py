@@ -1,16 +1,16 @@
 """Will ``python -m model_runtime.train`` fit its 90-minute budget on *this* machine? Per-stage step timing.
 
-The full recipe is 78 minutes on the 2-core machine that trained the shipped weights and much slower on
-CPUs without fast matrix units, so this script measures instead of guessing: for every stage it builds the
-real stage object at the real sizes (untrained weights: the time of a step does not depend on them), runs
-``--warmup`` steps, times ``--steps`` more and extrapolates to the recipe's step counts. The diffusion and
-distillation stages cache VAE latents per stage; their steps are timed twice, with a warm cache and with a
-cold one (every image encoded), which prices one encode inside a step, and the encodes are added for the
-expected number of distinct pool items the stage draws (``pool·(1 − (1 − 1/pool)^draws)`` per task; an
+The full recipe is 81 minutes on the 2-core machine that trained the shipped weights (an AVX-512 EPYC) and
+much slower on CPUs without fast matrix units, so this script measures instead of guessing: for every stage it
+builds the real stage object at the real sizes (untrained weights: the time of a step does not depend on
+them), runs ``--warmup`` steps, times ``--steps`` more and extrapolates to the recipe's step counts. The
+diffusion and distillation stages cache VAE latents per stage; their steps are timed twice, with a warm cache
+and with a cold one (every image encoded), which prices one encode inside a step, and the encodes are added
+for the expected number of distinct pool items the stage draws (``pool·(1 − (1 − 1/pool)^draws)`` per task; an
 edit encodes its source and its target). Checked against a real 60-step ``t2i`` run on a 2-core AMD EPYC:
 estimate 125 s with a separately timed encode, 146 s measured (see docs/nano.md for the current check). The
-recorded durations of the shipped run (``docs/results/nano/train_log.json``) are printed beside the
-estimate, so the ratio between the two machines is explicit. Not collected by pytest.
+recorded durations of the shipped run (``docs/results/nano/train_log.json``) are printed beside the estimate,
+so the ratio between the two machines is explicit. Not collected by pytest.
 
     python tests/benchmarks/bench_nano_recipe.py [--steps 4] [--threads 2] \
         [--out bench-results/nano_recipe.json]

@@ -32,7 +32,7 @@ def test_default_model_is_the_shipped_nano_folder() -> None:
 
 
 def test_draws_what_the_prompt_says(nano) -> None:  # type: ignore[no-untyped-def]
-    """The shipped model draws the prompted scene (docs/nano.md: 0.82 overall on held-out prompts), and its
+    """The shipped model draws the prompted scene (docs/nano.md: 0.84 overall on held-out prompts), and its
     images score far better against their own prompts than against other prompts."""
     items = shapes_eval.generate_items("train")[::6]  # 24 prompts, 1–3 objects
     results = nano.run([SampleSpec(task="generate", prompt=it.prompt, seed=7) for it in items])

@@ -182,13 +182,14 @@ def test_recipe_rejects_an_unknown_layout() -> None:
     assert (restored.unet_layout, restored.joint.vlm_image_drop) == ("mobile", 0.0)
 
 
-def test_the_shipped_recipe_loads_without_a_copy_stage_and_keeps_its_data_seeds() -> None:
-    shipped = json.loads(Path("docs/results/nano/recipe.json").read_text())
-    assert "copy" not in shipped  # written before the copy stage and the copy-rewarding loss existed
-    cfg = RecipeConfig.from_json(shipped)
-    assert cfg.copy_steps == 0
-    assert cfg.joint.keep_weight is None
-    assert cfg == RecipeConfig()  # the defaults are the shipped recipe
+def test_the_shipped_recipe_is_the_default_and_an_older_run_s_recipe_still_loads() -> None:
+    shipped = RecipeConfig.from_json(json.loads(Path("docs/results/nano/recipe.json").read_text()))
+    assert shipped == RecipeConfig()  # the defaults are the shipped recipe
+    previous = json.loads(Path("docs/results/nano/run2/recipe.json").read_text())
+    assert "copy" not in previous  # written before the copy stage and the copy-rewarding loss existed
+    cfg = RecipeConfig.from_json(previous)
+    assert (cfg.copy_steps, cfg.joint.keep_weight) == (0, None)
+    assert cfg == replace(RecipeConfig(), read_steps=500)  # the one change: a 3x longer read stage
     legacy_stages = ("tokenizer", "vae", "text", "t2i", "read", "edit", "joint", "distill")
     for name in ("t2i", "edit", "joint"):  # the shipped run seeded its stages by their place in this tuple
         assert DIFFUSION_SEEDS[name] == 100 + legacy_stages.index(name)
