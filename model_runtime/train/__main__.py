@@ -42,6 +42,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
     config = RecipeConfig.quick() if args.quick else None
+    saved = RecipeConfig.saved_or_default(args.run_dir)  # what the run's started stages were built with
     overrides = {
         key: value
         for key, value in (
@@ -52,7 +53,6 @@ def _run(args: argparse.Namespace) -> int:
         if value is not None
     }
     if overrides:
-        saved = RecipeConfig.saved_or_default(args.run_dir)
         started = (args.run_dir / "recipe.json").is_file()
         if args.unet_layout is not None and started and saved.unet_layout != args.unet_layout:
             print(
@@ -72,9 +72,7 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         config = replace(config if config is not None else saved, **overrides)
     if args.set:
-        config = _with_settings(
-            args, config if config is not None else RecipeConfig.saved_or_default(args.run_dir)
-        )
+        config = _with_settings(args, config if config is not None else saved, saved)
         if config is None:
             return 2
     recipe = Recipe(args.run_dir, config, resume=not args.no_resume, progress=not args.no_progress)
@@ -85,15 +83,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_settings(args: argparse.Namespace, config: RecipeConfig) -> RecipeConfig | None:
+def _with_settings(
+    args: argparse.Namespace, config: RecipeConfig, saved: RecipeConfig
+) -> RecipeConfig | None:
     """``config`` with the ``--set KEY=VALUE`` settings, or None (reported) when one is invalid.
 
     A setting that would change a stage that has started is invalid: that stage's checkpoint and every later
-    stage were or will be built with the old value.
+    stage were built with ``saved``'s value.
     """
-    from model_runtime.train.recipe import RecipeConfig, setting_stage
+    from model_runtime.train.recipe import setting_stage
 
-    saved = RecipeConfig.saved_or_default(args.run_dir)  # what the run's started stages were built with
     for item in args.set:
         key, sep, raw = item.partition("=")
         try:
