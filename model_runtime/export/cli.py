@@ -66,6 +66,12 @@ def register(sub: Any) -> None:
         "--fuse", default="none", help="norm fusions for float graphs: rmsnorm,groupnorm or none (default)"
     )
     ex.add_argument(
+        "--qdq-groupnorm",
+        default="reductions",
+        help="GroupNorm in the w8a16 graph: reductions (reshape-free, default) or reshape (the exporter's "
+        "form, miscomputed by the QNN HTP compiler in the nano UNet)",
+    )
+    ex.add_argument(
         "--calibration", metavar="DIR", help="calibration folder (prompts.json or <component>/*.npz)"
     )
     ex.add_argument("--calibration-out", metavar="DIR", help="also write the calibration tensors here")
@@ -131,7 +137,7 @@ def _default_targets(precisions: tuple[str, ...]) -> tuple[str, ...]:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~model_runtime.export.config.ExportConfig` the options ask for."""
-    from model_runtime.export.config import ExportConfig
+    from model_runtime.export.config import ExportConfig, QuantSettings
 
     precisions = _csv(args.precision)
     return ExportConfig(
@@ -142,6 +148,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         qnn_precisions=_csv(args.qnn_precision),
         steps=_ints(args.steps, "--steps"),
         fuse=_csv(args.fuse),
+        quant=QuantSettings(groupnorm=args.qdq_groupnorm),
         calibration_dir=Path(args.calibration) if args.calibration else None,
         calibration_prompts=args.calibration_prompts,
         parity=args.parity,

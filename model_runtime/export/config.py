@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from model_runtime.errors import InvalidInputError
+from model_runtime.export.fuse import QDQ_GROUPNORM_FORMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,9 @@ class QuantSettings:
         per_channel: Per-output-channel weight scales for Conv/Gemm/MatMul weights.
         calibrate_method: ``MinMax``.
         fuse_layernorm: Let ``qnn_preprocess_model`` fuse decomposed LayerNorms (and Erf→Gelu).
+        groupnorm: How the quantized graph writes GroupNorm: ``reductions`` (reshape-free, default) or
+            ``reshape`` (the exporter's Reshape → InstanceNormalization → Reshape form, which the QNN HTP
+            compiler miscomputed inside the nano UNet; ``fuse.groupnorm_as_reductions``).
     """
 
     activation_type: str = "QUInt16"
@@ -53,6 +57,7 @@ class QuantSettings:
     per_channel: bool = False
     calibrate_method: str = "MinMax"
     fuse_layernorm: bool = True
+    groupnorm: str = "reductions"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form for the manifest."""
@@ -134,6 +139,8 @@ class ExportConfig:
             raise InvalidInputError("--seq-len", "is out of range.", allowed="1 … 4096", given=self.seq_len)
         if self.parity not in ("full", "graphs", "none"):
             raise InvalidInputError.one_of("--parity", ["full", "graphs", "none"], self.parity)
+        if self.quant.groupnorm not in QDQ_GROUPNORM_FORMS:
+            raise InvalidInputError.one_of("--qdq-groupnorm", QDQ_GROUPNORM_FORMS, self.quant.groupnorm)
         if not 1 <= self.threads <= 256:
             raise InvalidInputError("--threads", "is out of range.", allowed="1 … 256", given=self.threads)
         if self.text_encoder not in ("copy", "none"):

@@ -14,12 +14,19 @@
 Only complete chains whose intermediates have a single consumer are rewritten, and the model's default
 opset is raised to the version the new ops need (with ``onnx.version_converter``, which also rewrites ops
 whose signature changed, e.g. ReduceMean's ``axes`` becoming an input in opset 18).
+
+One rewrite goes the other way, for the graph that is quantized for the HTP (:func:`groupnorm_as_reductions`):
+the same GroupNorm chain becomes reshape-free per-channel statistics, ``ReduceMean`` over H, W → a 1×1
+``Conv`` that averages the channels of each group → ``x − μ``, the same for the variance, ``÷ √(σ² + ε)``,
+``× γ + β``. The QNN HTP compiler miscomputed the ``Reshape → InstanceNormalization → Reshape`` form inside
+the nano UNet (docs/nano.md, "Where the w8a16 context goes wrong"); this form contains no reshape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -28,6 +35,8 @@ from onnx import helper, numpy_helper
 RMS_NORM_OPSET = 23
 GROUP_NORM_OPSET = 21
 FUSIONS = ("rmsnorm", "groupnorm")
+QDQ_GROUPNORM_FORMS = ("reductions", "reshape")
+"""How the w8a16 graph writes GroupNorm: reshape-free reductions (default) or the exporter's reshape form."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,3 +320,84 @@ def fuse_norms(
     _prune_unused(model.graph)
     onnx.checker.check_model(model)
     return model, FusionReport(rmsnorm=n_rms, groupnorm=n_gn, opset=_default_opset(model))
+
+
+def groupnorm_as_reductions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Rewrite every GroupNorm chain without reshapes (the form quantized for the HTP).
+
+    ``y = (x − μ_g) / √(σ²_g + ε) · γ + β`` with per-channel means over H, W (``ReduceMean``) and a fixed
+    1×1 ``Conv`` whose weights average the channels of one group, so
+    μ_g and σ²_g arrive broadcast to every channel of the group. The variance is taken of ``x − μ_g``
+    (two passes), which keeps the squared values small for 16-bit activations.
+
+    Args:
+        model: A float graph with decomposed GroupNorm chains (rewritten in place).
+
+    Returns:
+        The model and the number of chains rewritten.
+    """
+    g = _Graph(model.graph)
+    axes_as_input = _default_opset(model) >= 18  # ReduceMean's axes became an input in opset 18
+    removed: list[onnx.NodeProto] = []
+    added: dict[int, list[onnx.NodeProto]] = {}
+    inits: list[onnx.TensorProto] = []
+    if axes_as_input:
+        inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "/gn_spatial_axes"))
+    for node in list(model.graph.node):
+        if node.op_type != "InstanceNormalization":
+            continue
+        match = _match_groupnorm(g, node)
+        if match is None:
+            continue
+        chain, fused, (gamma_t, beta_t) = match
+        groups = int(_attr(fused, "num_groups"))  # type: ignore[call-overload]
+        eps = float(_attr(fused, "epsilon"))  # type: ignore[arg-type]
+        gamma, beta = numpy_helper.to_array(gamma_t), numpy_helper.to_array(beta_t)
+        channels = gamma.size
+        per_group = channels // groups
+        stem = fused.name.rsplit("/", 1)[0]
+        average = np.kron(np.eye(groups, dtype=np.float32), np.full((per_group, per_group), 1.0 / per_group))
+        inits += [
+            numpy_helper.from_array(
+                average.reshape(channels, channels, 1, 1).astype(np.float32), f"{stem}/gn_avg"
+            ),
+            numpy_helper.from_array(np.array(eps, np.float32), f"{stem}/gn_eps"),
+            numpy_helper.from_array(gamma.reshape(1, channels, 1, 1).astype(np.float32), f"{stem}/gn_gamma"),
+            numpy_helper.from_array(beta.reshape(1, channels, 1, 1).astype(np.float32), f"{stem}/gn_beta"),
+        ]
+        x, y, t = fused.input[0], fused.output[0], f"{stem}/gn"
+
+        def op(kind: str, inputs: list[str], output: str, **attrs: Any) -> onnx.NodeProto:
+            return helper.make_node(kind, inputs, [output], name=f"{output}/{kind}", **attrs)
+
+        def spatial_mean(source: str, output: str) -> onnx.NodeProto:
+            if axes_as_input:
+                return op("ReduceMean", [source, "/gn_spatial_axes"], output, keepdims=1)
+            return op("ReduceMean", [source], output, axes=[2, 3], keepdims=1)
+
+        added[id(chain[0])] = [
+            spatial_mean(x, f"{t}_mean_c"),  # (N, C, 1, 1)
+            op("Conv", [f"{t}_mean_c", f"{stem}/gn_avg"], f"{t}_mean"),  # (N, C, 1, 1): μ of the group
+            op("Sub", [x, f"{t}_mean"], f"{t}_centred"),  # (N, C, H, W)
+            op("Mul", [f"{t}_centred", f"{t}_centred"], f"{t}_square"),
+            spatial_mean(f"{t}_square", f"{t}_var_c"),
+            op("Conv", [f"{t}_var_c", f"{stem}/gn_avg"], f"{t}_var"),  # (N, C, 1, 1): σ² of the group
+            op("Add", [f"{t}_var", f"{stem}/gn_eps"], f"{t}_var_eps"),
+            op("Sqrt", [f"{t}_var_eps"], f"{t}_std"),
+            op("Div", [f"{t}_centred", f"{t}_std"], f"{t}_normed"),
+            op("Mul", [f"{t}_normed", f"{stem}/gn_gamma"], f"{t}_scaled"),
+            op("Add", [f"{t}_scaled", f"{stem}/gn_beta"], y),  # (N, C, H, W) = the chain's output
+        ]
+        removed += chain
+    drop = {id(n) for n in removed}
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        nodes += added.get(id(node), [])
+        if id(node) not in drop:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
+    _prune_unused(model.graph)
+    onnx.checker.check_model(model)
+    return model, len(added)

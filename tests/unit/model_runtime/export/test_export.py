@@ -71,6 +71,9 @@ def test_graphs_have_the_official_static_signature(manifest: dict[str, Any], bui
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in half.graph.initializer)
     qdq = onnx.load(str(built_bundle[0] / by_key[("unet", "w8a16")]["path"]))
     assert sum(n.op_type == "QuantizeLinear" for n in qdq.graph.node) > 100
+    # GroupNorm is written without reshapes for the HTP (fuse.groupnorm_as_reductions); fp32 keeps the chain.
+    assert "InstanceNormalization" in ops
+    assert "InstanceNormalization" not in {n.op_type for n in qdq.graph.node}
 
 
 def test_schedule_tables_are_the_samplers_bits(manifest: dict[str, Any]) -> None:
@@ -100,6 +103,9 @@ def test_manifest_records_provenance_quantization_qnn_and_parity(manifest: dict[
     w8a16 = manifest["quantization"]["w8a16"]
     assert (w8a16["settings"]["activation_type"], w8a16["settings"]["weight_type"]) == ("QUInt16", "QUInt8")
     assert w8a16["calibration"]["counts"]["unet/64x64"] >= 16  # every step of every calibration run
+    assert w8a16["settings"]["groupnorm"] == "reductions"
+    assert w8a16["graphs"]["unet/64x64"]["groupnorm_rewritten"] > 0
+    assert w8a16["graphs"]["vae_decoder/64x64"]["groupnorm_rewritten"] == 0  # TAESD has no GroupNorm
     assert manifest["reference_session"]["graph_optimization_level"] == "ORT_ENABLE_BASIC"
     assert manifest["runtime"]["onnxruntime"]
     (target,) = manifest["targets"]
@@ -137,6 +143,7 @@ def test_bad_options_end_with_one_error_line(tmp_path: Path, capsys: pytest.Capt
         (["--qnn-precision", "w8a16,int4"], "`--qnn-precision`"),
         (["--size", "65x64"], "`--size`"),
         (["--precision", "fp32", "--targets", "sm8650"], "needs the w8a16 precision"),
+        (["--qdq-groupnorm", "fused"], "`--qdq-groupnorm`"),
     ):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip()

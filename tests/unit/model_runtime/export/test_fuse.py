@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from model_runtime.export.fuse import fuse_norms
+from model_runtime.export.fuse import fuse_norms, groupnorm_as_reductions
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -49,9 +50,8 @@ def _rmsnorm_graph(reciprocal_form: bool) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _groupnorm_graph() -> onnx.ModelProto:
+def _groupnorm_graph(channels: int = 8, groups: int = 4, opset: int = 17) -> onnx.ModelProto:
     rng = np.random.default_rng(1)
-    channels, groups = 8, 4
     inits = [
         numpy_helper.from_array(np.array([0, groups, -1], np.int64), "grouped"),
         numpy_helper.from_array(np.ones(groups, np.float32), "ones"),
@@ -74,7 +74,7 @@ def _groupnorm_graph() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 6, 6])],
         inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def test_rmsnorm_chains_fuse_to_one_op_with_equal_output() -> None:
@@ -104,3 +104,31 @@ def test_graph_without_chains_is_left_alone() -> None:
     same, report = fuse_norms(model, ["rmsnorm"])
     assert (report.rmsnorm, report.groupnorm, report.opset) == (0, 0, 17)
     assert same is model
+
+
+@pytest.mark.parametrize(("channels", "groups", "opset"), [(8, 4, 17), (12, 4, 17), (8, 2, 18), (6, 6, 17)])
+def test_groupnorm_chain_becomes_reshape_free_reductions_with_equal_output(
+    channels: int, groups: int, opset: int
+) -> None:
+    # Off-centre, unevenly scaled input: the group mean and variance both matter.
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(1, channels, 6, 6)) * rng.uniform(0.5, 3.0, (1, channels, 1, 1)) + 2.0).astype(
+        np.float32
+    )
+    model = _groupnorm_graph(channels, groups, opset)
+    reference = _run(model, {"x": x})
+    rewritten, count = groupnorm_as_reductions(onnx.load_from_string(model.SerializeToString()))
+    assert count == 1
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert not {"Reshape", "InstanceNormalization"} & set(ops)
+    assert ops.count("ReduceMean") == 2
+    assert ops.count("Conv") == 2
+    np.testing.assert_allclose(_run(rewritten, {"x": x}), reference, atol=2e-5)
+
+
+def test_reductions_leave_a_graph_without_groupnorm_unchanged() -> None:
+    model = _rmsnorm_graph(reciprocal_form=False)
+    before = [n.op_type for n in model.graph.node]
+    rewritten, count = groupnorm_as_reductions(model)
+    assert count == 0
+    assert [n.op_type for n in rewritten.graph.node] == before
