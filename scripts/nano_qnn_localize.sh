@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Where the shipped student's w8a16 QNN context diverges on the HTP emulator (docs/nano.md, docs/bundle.md §8):
+# Where the shipped student's w8a16 QNN context diverged on the HTP emulator (docs/nano.md, docs/bundle.md §8):
 # the MatMul requantization the HTP does, simulated on the CPU EP; module prefixes of the UNet compiled one by
-# one; then regions of up_blocks.1 with real boundary inputs, and compile options on the smallest failing one.
-# About 15 min on 2 cores. Usage: scripts/nano_qnn_localize.sh [OUT] [BUNDLE]
+# one; regions of up_blocks.1 with real boundary inputs; compile options on the smallest failing region; last,
+# the module prefixes of the default export, whose GroupNorms are written without reshapes.
+# About 22 min on 2 cores. Usage: scripts/nano_qnn_localize.sh [OUT] [RESHAPE_BUNDLE] [DEFAULT_BUNDLE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-docs/results/nano/qnn-w8a16-localization}"
-bundle="${2:-runs/nano-bundle-sm8650-w8a16}"
+bundle="${2:-runs/nano-bundle-sm8650-w8a16-reshape}"  # the exporter's GroupNorm form, as first shipped
+fixed="${3:-runs/nano-bundle-sm8650-w8a16}"           # the default export
 py=.venv/bin/python
 probe="$py scripts/nano_qnn_region_probe.py"
 mkdir -p "$out" runs
 if [ ! -f "$bundle/manifest.json" ]; then
   .venv/bin/dreamlite export --out "$bundle" --targets sm8650 --qnn-precision w8a16 --precision fp32,w8a16 \
+    --parity none --qdq-groupnorm reshape --force
+fi
+if [ ! -f "$fixed/manifest.json" ]; then
+  .venv/bin/dreamlite export --out "$fixed" --targets sm8650 --qnn-precision w8a16 --precision fp32,w8a16 \
     --parity none --force
 fi
 # The held-out prompt whose emulator score fell most (0.83) in the QNN subset, seed 1000.
@@ -59,3 +65,6 @@ for target in sm8550 sm8750; do  # one target per process
   $probe region --bundle "$bundle" --trace "$trace" --node "$node" "${small[@]}" --target "$target" \
     --out "$out/small-$target.json"
 done
+
+# 5. The default export (GroupNorm as reductions, no reshape): every module prefix again.
+$probe prefix --bundle "$fixed" --trace "$trace" --under /unet/ --out "$out/prefix-modules-reductions.json"

@@ -125,10 +125,11 @@ def test_manifest_records_provenance_quantization_qnn_and_parity(manifest: dict[
     assert graphs["fp32"]["unet/64x64"]["max_abs"] < 1e-4
     for report in graphs["fp32"].values():
         assert report["psnr_db"] >= 60.0
-    # Per-graph decoded-image PSNR (measured: fp16 ≥ 48.7, w8a16 CPU EP ≥ 37.9, HTP emulator ≥ 28.2 dB; the
+    # Per-graph decoded-image PSNR (measured: fp16 ≥ 48.7, w8a16 CPU EP ≥ 37.8, HTP emulator ≥ 37.9 dB; the
     # fp16 contexts on the emulator 38.9 dB for this random model's UNet: the HTP runs every op in fp16,
-    # the time embedding's sin/cos of t·freq too, which the CPU EP fp16 graph keeps in fp32).
-    floors = (("fp16", 45.0), ("w8a16", 25.0), ("qnn:sm8650", 25.0), ("qnn:sm8650/fp16", 35.0))
+    # the time embedding's sin/cos of t·freq too, which the CPU EP fp16 graph keeps in fp32). The HTP floor
+    # guards the GroupNorm rewrite: with the reshape form the emulator's UNet graph was at 29.8 dB.
+    floors = (("fp16", 45.0), ("w8a16", 33.0), ("qnn:sm8650", 33.0), ("qnn:sm8650/fp16", 35.0))
     for precision, floor_db in floors:
         for key, report in graphs[precision].items():
             assert np.isfinite(report["max_abs"]), (precision, key, report)
