@@ -16,10 +16,11 @@ opset is raised to the version the new ops need (with ``onnx.version_converter``
 whose signature changed, e.g. ReduceMean's ``axes`` becoming an input in opset 18).
 
 One rewrite goes the other way, for the graph that is quantized for the HTP (:func:`groupnorm_as_reductions`):
-the same GroupNorm chain becomes reshape-free per-channel statistics, ``ReduceMean`` over H, W → a 1×1
-``Conv`` that averages the channels of each group → ``x − μ``, the same for the variance, ``÷ √(σ² + ε)``,
-``× γ + β``. The QNN HTP compiler miscomputed the ``Reshape → InstanceNormalization → Reshape`` form inside
-the nano UNet (docs/nano.md, "Where the w8a16 context goes wrong"); this form contains no reshape.
+the same GroupNorm chain becomes reshape-free per-channel statistics, ``ReduceMean`` over H, W → a grouped
+1×1 ``Conv`` that averages the channels of each group → ``x − μ``, the same for the variance,
+``÷ √(σ² + ε)``, ``× γ + β``. The QNN HTP compiler miscomputed the ``Reshape → InstanceNormalization →
+Reshape`` form inside the nano UNet (docs/nano.md, "Where the w8a16 context went wrong"); this form contains
+no reshape.
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ def groupnorm_as_reductions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, in
     """Rewrite every GroupNorm chain without reshapes (the form quantized for the HTP).
 
     ``y = (x − μ_g) / √(σ²_g + ε) · γ + β`` with per-channel means over H, W (``ReduceMean``) and a fixed
-    1×1 ``Conv`` whose weights average the channels of one group, so
+    grouped 1×1 ``Conv`` (G groups, weights 1/k) that averages the k channels of each group, so
     μ_g and σ²_g arrive broadcast to every channel of the group. The variance is taken of ``x − μ_g``
     (two passes), which keeps the squared values small for 16-bit activations.
 
@@ -356,11 +357,10 @@ def groupnorm_as_reductions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, in
         channels = gamma.size
         per_group = channels // groups
         stem = fused.name.rsplit("/", 1)[0]
-        average = np.kron(np.eye(groups, dtype=np.float32), np.full((per_group, per_group), 1.0 / per_group))
+        # Grouped 1×1 conv (group = G): output channel c averages the k channels of its own group.
+        average = np.full((channels, per_group, 1, 1), 1.0 / per_group, np.float32)
         inits += [
-            numpy_helper.from_array(
-                average.reshape(channels, channels, 1, 1).astype(np.float32), f"{stem}/gn_avg"
-            ),
+            numpy_helper.from_array(average, f"{stem}/gn_avg"),
             numpy_helper.from_array(np.array(eps, np.float32), f"{stem}/gn_eps"),
             numpy_helper.from_array(gamma.reshape(1, channels, 1, 1).astype(np.float32), f"{stem}/gn_gamma"),
             numpy_helper.from_array(beta.reshape(1, channels, 1, 1).astype(np.float32), f"{stem}/gn_beta"),
@@ -377,11 +377,15 @@ def groupnorm_as_reductions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, in
 
         added[id(chain[0])] = [
             spatial_mean(x, f"{t}_mean_c"),  # (N, C, 1, 1)
-            op("Conv", [f"{t}_mean_c", f"{stem}/gn_avg"], f"{t}_mean"),  # (N, C, 1, 1): μ of the group
+            op(
+                "Conv", [f"{t}_mean_c", f"{stem}/gn_avg"], f"{t}_mean", group=groups
+            ),  # (N, C, 1, 1): μ of the group
             op("Sub", [x, f"{t}_mean"], f"{t}_centred"),  # (N, C, H, W)
             op("Mul", [f"{t}_centred", f"{t}_centred"], f"{t}_square"),
             spatial_mean(f"{t}_square", f"{t}_var_c"),
-            op("Conv", [f"{t}_var_c", f"{stem}/gn_avg"], f"{t}_var"),  # (N, C, 1, 1): σ² of the group
+            op(
+                "Conv", [f"{t}_var_c", f"{stem}/gn_avg"], f"{t}_var", group=groups
+            ),  # (N, C, 1, 1): σ² of the group
             op("Add", [f"{t}_var", f"{stem}/gn_eps"], f"{t}_var_eps"),
             op("Sqrt", [f"{t}_var_eps"], f"{t}_std"),
             op("Div", [f"{t}_centred", f"{t}_std"], f"{t}_normed"),
