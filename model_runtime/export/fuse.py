@@ -222,18 +222,26 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _replace(
-    graph: onnx.GraphProto, removed: Iterable[onnx.NodeProto], added: dict[int, onnx.NodeProto]
+    graph: onnx.GraphProto, removed: Iterable[onnx.NodeProto], added: dict[int, list[onnx.NodeProto]]
 ) -> None:
     """Remove ``removed`` and insert ``added`` (keyed by the id of the chain's first node) in place."""
     drop = {id(n) for n in removed}
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
-        if id(node) in added:
-            nodes.append(added[id(node)])
+        nodes += added.get(id(node), [])
         if id(node) not in drop:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def _groupnorm_matches(
+    model: onnx.ModelProto,
+) -> list[tuple[list[onnx.NodeProto], onnx.NodeProto, list[onnx.TensorProto]]]:
+    """Every complete GroupNorm chain of ``model`` (:func:`_match_groupnorm`), in graph order."""
+    g = _Graph(model.graph)
+    found = (_match_groupnorm(g, n) for n in model.graph.node if n.op_type == "InstanceNormalization")
+    return [m for m in found if m is not None]
 
 
 def _prune_unused(graph: onnx.GraphProto) -> None:
@@ -285,19 +293,12 @@ def fuse_norms(
         model = onnx.version_converter.convert_version(model, need)
     n_rms = n_gn = 0
     if "groupnorm" in wanted:
-        g = _Graph(model.graph)
         removed: list[onnx.NodeProto] = []
-        added: dict[int, onnx.NodeProto] = {}
+        added: dict[int, list[onnx.NodeProto]] = {}
         new_inits: list[onnx.TensorProto] = []
-        for node in list(model.graph.node):
-            if node.op_type != "InstanceNormalization":
-                continue
-            match = _match_groupnorm(g, node)
-            if match is None:
-                continue
-            chain, fused, inits = match
+        for chain, fused, inits in _groupnorm_matches(model):
             removed += chain
-            added[id(chain[0])] = fused
+            added[id(chain[0])] = [fused]
             new_inits += inits
             n_gn += 1
         _replace(model.graph, removed, added)
@@ -315,7 +316,7 @@ def fuse_norms(
                 continue
             chain, fused = rms
             removed += chain
-            added[id(chain[0])] = fused
+            added[id(chain[0])] = [fused]
             n_rms += 1
         _replace(model.graph, removed, added)
     _prune_unused(model.graph)
@@ -337,20 +338,13 @@ def groupnorm_as_reductions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, in
     Returns:
         The model and the number of chains rewritten.
     """
-    g = _Graph(model.graph)
     axes_as_input = _default_opset(model) >= 18  # ReduceMean's axes became an input in opset 18
     removed: list[onnx.NodeProto] = []
     added: dict[int, list[onnx.NodeProto]] = {}
     inits: list[onnx.TensorProto] = []
     if axes_as_input:
         inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "/gn_spatial_axes"))
-    for node in list(model.graph.node):
-        if node.op_type != "InstanceNormalization":
-            continue
-        match = _match_groupnorm(g, node)
-        if match is None:
-            continue
-        chain, fused, (gamma_t, beta_t) = match
+    for chain, fused, (gamma_t, beta_t) in _groupnorm_matches(model):
         groups = int(_attr(fused, "num_groups"))  # type: ignore[call-overload]
         eps = float(_attr(fused, "epsilon"))  # type: ignore[arg-type]
         gamma, beta = numpy_helper.to_array(gamma_t), numpy_helper.to_array(beta_t)
@@ -377,15 +371,13 @@ def groupnorm_as_reductions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, in
 
         added[id(chain[0])] = [
             spatial_mean(x, f"{t}_mean_c"),  # (N, C, 1, 1)
-            op(
-                "Conv", [f"{t}_mean_c", f"{stem}/gn_avg"], f"{t}_mean", group=groups
-            ),  # (N, C, 1, 1): μ of the group
+            # (N, C, 1, 1): μ of the group, on every channel of it
+            op("Conv", [f"{t}_mean_c", f"{stem}/gn_avg"], f"{t}_mean", group=groups),
             op("Sub", [x, f"{t}_mean"], f"{t}_centred"),  # (N, C, H, W)
             op("Mul", [f"{t}_centred", f"{t}_centred"], f"{t}_square"),
             spatial_mean(f"{t}_square", f"{t}_var_c"),
-            op(
-                "Conv", [f"{t}_var_c", f"{stem}/gn_avg"], f"{t}_var", group=groups
-            ),  # (N, C, 1, 1): σ² of the group
+            # (N, C, 1, 1): σ² of the group
+            op("Conv", [f"{t}_var_c", f"{stem}/gn_avg"], f"{t}_var", group=groups),
             op("Add", [f"{t}_var", f"{stem}/gn_eps"], f"{t}_var_eps"),
             op("Sqrt", [f"{t}_var_eps"], f"{t}_std"),
             op("Div", [f"{t}_centred", f"{t}_std"], f"{t}_normed"),
@@ -393,14 +385,7 @@ def groupnorm_as_reductions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, in
             op("Add", [f"{t}_scaled", f"{stem}/gn_beta"], y),  # (N, C, H, W) = the chain's output
         ]
         removed += chain
-    drop = {id(n) for n in removed}
-    nodes: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        nodes += added.get(id(node), [])
-        if id(node) not in drop:
-            nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    _replace(model.graph, removed, added)
     model.graph.initializer.extend(inits)
     _prune_unused(model.graph)
     if model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:  # a bigger model can only be checked from a file
