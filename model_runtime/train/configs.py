@@ -37,6 +37,10 @@ class NanoSizes:
         vision_hidden: Vision tower width.
         vision_depth: Vision tower blocks.
         vlm_image: Side of the edit source given to the vision tower (pixels).
+        vae_act_fn: The VAE's activation. TAESDXL's ReLU fell into a dead zone with the recipe's seed: the
+            encoder stopped telling green objects on black from the background (no gradient came back), and
+            oversampling them did not revive it; SiLU has a gradient everywhere (``vae_fit`` docstring).
+            A ``recipe.json`` written before this field reads as ``relu``, the VAE it was made with.
     """
 
     unet_channels: tuple[int, int, int] = (32, 64, 128)
@@ -53,6 +57,7 @@ class NanoSizes:
     vision_hidden: int = 64
     vision_depth: int = 2
     vlm_image: int = 128
+    vae_act_fn: str = "silu"
 
     @classmethod
     def test(cls) -> NanoSizes:
@@ -82,6 +87,7 @@ class NanoSizes:
     def from_json(cls, data: dict[str, Any]) -> NanoSizes:
         """Inverse of :meth:`to_json`."""
         fields = dict(data)
+        fields.setdefault("vae_act_fn", "relu")  # written before the field existed
         for key in ("unet_channels", "unet_heads", "unet_depth"):
             fields[key] = tuple(fields[key])
         return cls(**fields)
@@ -174,12 +180,15 @@ def unet_config(s: NanoSizes) -> dict[str, Any]:
 
 
 def vae_config(s: NanoSizes) -> dict[str, Any]:
-    """``vae/config.json``: TAESDXL's structure (8× down, 4 latent channels, scaling 1) at nano width."""
+    """``vae/config.json``: TAESDXL's structure (8× down, 4 latent channels, scaling 1) at nano width.
+
+    The activation is ``s.vae_act_fn`` (TAESDXL's is ReLU).
+    """
     ch = [s.vae_channels] * 4
     return {
         "_class_name": "AutoencoderTiny",
         "_diffusers_version": DIFFUSERS_VERSION,
-        "act_fn": "relu",
+        "act_fn": s.vae_act_fn,
         "decoder_block_out_channels": ch,
         "encoder_block_out_channels": ch,
         "force_upcast": False,

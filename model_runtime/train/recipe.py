@@ -77,6 +77,7 @@ class RecipeConfig:
     vae_steps: int = 3000
     vae_batch: int = 8
     vae_precision: vae_fit.VaePrecision = "auto"
+    vae_hard_share: float = vae_fit.HARD_SHARE
     text: TextPretrainConfig = field(default_factory=TextPretrainConfig)
     text_steps: int = 1000
     t2i: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=0.0))
@@ -127,6 +128,16 @@ class RecipeConfig:
             distill_steps=2,
         )
 
+    def vae_stage(self, vae: Any, **overrides: Any) -> vae_fit.VaeStage:
+        """The ``vae`` stage of this recipe for ``vae`` (``overrides``: keyword arguments of ``VaeStage``)."""
+        kwargs: dict[str, Any] = {
+            "batch": self.vae_batch,
+            "seed": self.seed + 10,
+            "precision": self.vae_precision,
+            "hard_share": self.vae_hard_share,
+        }
+        return vae_fit.VaeStage(vae, self.vae_steps, **{**kwargs, **overrides})
+
     def with_setting(self, key: str, value: Any) -> RecipeConfig:
         """A copy with one field set: ``edit_steps`` or ``stage.field`` (``edit.lr``) to a parsed JSON value.
 
@@ -163,6 +174,7 @@ class RecipeConfig:
         """Inverse of :meth:`to_json`."""
         d = dict(data)
         d["sizes"] = NanoSizes.from_json(d["sizes"])
+        d.setdefault("vae_hard_share", 0.0)  # absent from a recipe.json written before the checks existed
         for key in ("t2i", "copy", "edit", "joint"):
             if key in d:  # ``copy`` is absent from a recipe.json written before that stage existed
                 d[key] = DiffusionConfig(**d[key])
@@ -190,7 +202,14 @@ def _typed(key: str, current: Any, value: Any) -> Any:
 def setting_stage(key: str) -> str:
     """The first stage a recipe key changes (its weights and every later stage's depend on it)."""
     head = key.partition(".")[0]
-    early = {"sizes": "vae", "seed": "vae", "vae_batch": "vae", "vae_precision": "vae", "unet_layout": "t2i"}
+    early = {
+        "sizes": "vae",
+        "seed": "vae",
+        "vae_batch": "vae",
+        "vae_precision": "vae",
+        "vae_hard_share": "vae",
+        "unet_layout": "t2i",
+    }
     stage = early.get(head, head.removesuffix("_steps"))
     if stage not in STAGES:
         raise ValueError(f"unknown recipe key {key!r}")
@@ -307,13 +326,7 @@ class Recipe:
     def run_vae(self) -> None:
         """Stage 2."""
         vae = vae_fit.build_vae(self.cfg.sizes, seed=self.cfg.seed)
-        stage = vae_fit.VaeStage(
-            vae,
-            self.cfg.vae_steps,
-            batch=self.cfg.vae_batch,
-            seed=self.cfg.seed + 10,
-            precision=self.cfg.vae_precision,
-        )
+        stage = self.cfg.vae_stage(vae)
         log = run_stage(
             stage, "vae", self.cfg.vae_steps, self.run_dir, resume=self.resume, progress=self.progress
         )
@@ -325,6 +338,8 @@ class Recipe:
                 "latents": vae_fit.latent_stats(vae),
                 "precision": stage.precision,
                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "pair_errors": {f"{c}/{b}": e for (c, b), e in vae_fit.pair_errors(vae).items()},
+                "hard_checks": stage.hard_log,
             },
         )
 

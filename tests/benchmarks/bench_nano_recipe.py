@@ -84,7 +84,7 @@ def main() -> None:
         recipe.run_tokenizer()
 
         vae = vae_fit.build_vae(cfg.sizes, seed=cfg.seed)
-        vae_stage = vae_fit.VaeStage(vae, cfg.vae_steps, batch=cfg.vae_batch, precision=cfg.vae_precision)
+        vae_stage = cfg.vae_stage(vae)
         per_step["vae"] = _time_steps(vae_stage, args.warmup, args.steps)
         (Path(tmp) / "vae").mkdir()
         torch.save({"stage": {"vae": vae.state_dict()}}, Path(tmp) / "vae" / "ckpt.pt")

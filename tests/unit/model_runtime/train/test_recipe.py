@@ -189,7 +189,10 @@ def test_the_shipped_recipe_is_the_default_and_an_older_run_s_recipe_still_loads
     assert "copy" not in previous  # written before the copy stage and the copy-rewarding loss existed
     cfg = RecipeConfig.from_json(previous)
     assert (cfg.copy_steps, cfg.joint.keep_weight) == (0, None)
-    assert cfg == replace(RecipeConfig(), read_steps=500)  # the one change: a 3x longer read stage
+    relu_vae = replace(RecipeConfig(), vae_hard_share=0.0, sizes=replace(NanoSizes(), vae_act_fn="relu"))
+    assert cfg == replace(relu_vae, read_steps=500)  # and then a 3x longer read stage
+    run3 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run3/recipe.json").read_text()))
+    assert run3 == relu_vae  # the one change since: the VAE (SiLU, every colour pair checked)
     legacy_stages = ("tokenizer", "vae", "text", "t2i", "read", "edit", "joint", "distill")
     for name in ("t2i", "edit", "joint"):  # the shipped run seeded its stages by their place in this tuple
         assert DIFFUSION_SEEDS[name] == 100 + legacy_stages.index(name)
