@@ -1,10 +1,11 @@
 """Fit the nano VAE (the recipe's ``vae`` stage alone); follow every colour × background pair as it trains.
 
 Prints, every ``--every`` steps, the worst pairs and the median of ``vae_fit.pair_errors`` (mean absolute
-error in 0–255 levels on object pixels), and writes them as JSON. ``--act relu --hard-share 0`` is the recipe
-before the VAE's blind spot was found (docs/nano.md, "The VAE's blind spot"); the defaults are the recipe now.
+error in 0–255 levels on object pixels), and writes them as JSON. ``--act relu --hard-share 0 --leak 0`` is
+the recipe before the VAE's blind spot was found, ``--leak 0`` the previous shipped run's (docs/nano.md,
+"The VAE's blind spot"); the defaults are the recipe now.
 
-    python scripts/nano_vae_pairs_probe.py [--act silu|relu] [--hard-share 0.5] [--threads 2] \\
+    python scripts/nano_vae_pairs_probe.py [--act silu|relu] [--hard-share 0.5] [--leak 0.1] [--threads 2] \\
         [--seed 0 --data-seed 10] [--out bench-results/vae-pairs.json]
 """
 
@@ -28,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--act", default=cfg.sizes.vae_act_fn, choices=["silu", "relu"])
     parser.add_argument("--hard-share", type=float, default=cfg.vae_hard_share)
+    parser.add_argument("--leak", type=float, default=cfg.vae_leak, help="initial slope of the leaky fuse")
     parser.add_argument("--steps", type=int, default=cfg.vae_steps)
     parser.add_argument("--every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
@@ -37,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    run = replace(cfg, vae_steps=args.steps, vae_hard_share=args.hard_share)
+    run = replace(cfg, vae_steps=args.steps, vae_hard_share=args.hard_share, vae_leak=args.leak)
     vae = vae_fit.build_vae(replace(cfg.sizes, vae_act_fn=args.act), seed=args.seed)
     stage = run.vae_stage(vae, seed=args.data_seed)
     rows = []

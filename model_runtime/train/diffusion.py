@@ -85,6 +85,8 @@ class Example:
         source: The edit source.
         target_key: Scene key of the target (for the latent cache), if known.
         source_key: Scene key of the source.
+        caption: For edits drawn with ``target_captions``: a caption of the target scene (the ``align``
+            stage's reference prompt).
     """
 
     task: str
@@ -93,6 +95,7 @@ class Example:
     source: NDArray[np.uint8] | None = None
     target_key: str | None = None
     source_key: str | None = None
+    caption: str | None = None
 
 
 def draw_examples(
@@ -102,13 +105,15 @@ def draw_examples(
     pool: int | None = None,
     pool_seed: int = 0,
     edit_kinds: Sequence[str] | None = None,
+    target_captions: np.random.Generator | None = None,
 ) -> list[Example]:
     """``n`` training-split examples; each is an edit with probability ``edit_share``.
 
     With ``pool``, scenes and edits come from a fixed, seeded pool of that many items per task (a
     dataset drawn from the world), so their VAE latents can be cached; the caption's object order is
     still drawn per use. With ``edit_kinds``, an edit of another kind is drawn again (``None``: every kind,
-    and no extra draws from ``rng``).
+    and no extra draws from ``rng``). With ``target_captions``, each edit also carries a caption of its
+    target scene, its object order drawn from that generator (``rng`` draws the same either way).
     """
 
     def source_rng(is_edit: bool) -> np.random.Generator:
@@ -126,6 +131,9 @@ def draw_examples(
         e = world.train_edit(source_rng(True))
         while edit_kinds is not None and e.kind not in edit_kinds:
             e = world.train_edit(source_rng(True))
+        target_caption = None
+        if target_captions is not None:
+            target_caption = e.target.caption(world.random_order(target_captions, len(e.target.objects)))
         out.append(
             Example(
                 "edit",
@@ -134,6 +142,7 @@ def draw_examples(
                 world.render(e.source),
                 e.target.key(),
                 e.source.key(),
+                target_caption,
             )
         )
     return out

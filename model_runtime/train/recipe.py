@@ -9,14 +9,16 @@ Stages (each reads what the previous ones left in the run folder):
 4. ``t2i`` — flow-matching text-to-image pretraining (the text encoder trained on jointly).
 5. ``read`` — the VLM learns to read edit sources (vision tokens) and requests, captions kept in the mix
    (:mod:`.text_pretrain` with ``read_images``).
-6. ``copy`` — optional, 0 steps in the shipped recipe: identity edits only (the target is the source, the
+6. ``align`` — the VLM learns to make the T2I UNet (frozen) draw, from an edit request, what it draws from
+   the target's caption (:mod:`.align`).
+7. ``copy`` — optional, 0 steps in the shipped recipe: identity edits only (the target is the source, the
    instruction empty), which teach the UNet the path from the condition half of the in-context latent to the
    target half before real edits (``docs/nano.md``: edit training alone never learns it at this budget).
-7. ``edit`` — edit pretraining with the in-context condition switched on.
-8. ``joint`` — unified joint training on both tasks; its EMA is the teacher, written as a guided
+8. ``edit`` — edit pretraining with the in-context condition switched on.
+9. ``joint`` — unified joint training on both tasks; its EMA is the teacher, written as a guided
    ``base`` folder (``teacher/``, 28 steps).
-9. ``distill`` — on-policy trajectory distillation into the unguided 4-step student (:mod:`.distill`),
-   written as the ``mobile`` folder (``student/``) and copied to the output folder.
+10. ``distill`` — on-policy trajectory distillation into the unguided 4-step student (:mod:`.distill`),
+    written as the ``mobile`` folder (``student/``) and copied to the output folder.
 
 Every stage checkpoints to ``<run>/<stage>/ckpt.pt``; ``--resume`` continues an interrupted stage at the
 same step with the same data. The loss log of all stages is ``<run>/train_log.json``.
@@ -35,6 +37,7 @@ from typing import Any
 import torch
 
 from model_runtime.train import configs, tokenizer_build, vae_fit
+from model_runtime.train.align import AlignConfig, AlignStage
 from model_runtime.train.configs import NanoSizes
 from model_runtime.train.diffusion import DiffusionConfig, DiffusionStage, NanoModels, copy_only
 from model_runtime.train.distill import DistillConfig, DistillStage, frozen_copy
@@ -46,7 +49,7 @@ from model_runtime.train.writer import folder_bytes, write_folder
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("tokenizer", "vae", "text", "t2i", "read", "copy", "edit", "joint", "distill")
+STAGES = ("tokenizer", "vae", "text", "t2i", "read", "align", "copy", "edit", "joint", "distill")
 DIFFUSION_SEEDS = {"t2i": 103, "edit": 105, "joint": 106, "copy": 110}
 """Data seed of each diffusion stage, added to the recipe's seed (fixed when ``copy`` joined the stages)."""
 
@@ -62,8 +65,12 @@ class RecipeConfig:
         vae_steps: VAE steps (batch ``vae_batch`` of 64×64 crops).
         vae_precision: The VAE stage's forward precision (``auto``: bf16 autocast only on a CPU with native
             bf16; emulated bf16 is ~8× slower than fp32). The shipped VAE was fitted with bf16 (AMX).
+        vae_hard_share: Share of the VAE's scenes put on the colour pairs it fits worst (``vae_fit``).
+        vae_leak: Initial slope of the VAE blocks' leaky fuse while the fit takes shape (``vae_fit``).
         text: The text stage; ``text_steps`` its length.
         read: The VLM's edit-reading stage; ``read_steps`` its length.
+        align: The VLM's alignment of edit requests to target captions through the T2I UNet;
+            ``align_steps`` its length (0: no such stage, as in recipes written before it).
         t2i / edit / joint: The three pretraining stages.
         copy: The optional identity-edit stage before ``edit``.
         t2i_steps / copy_steps / edit_steps / joint_steps: Their lengths (``copy_steps`` 0: no copy stage,
@@ -78,6 +85,7 @@ class RecipeConfig:
     vae_batch: int = 8
     vae_precision: vae_fit.VaePrecision = "auto"
     vae_hard_share: float = vae_fit.HARD_SHARE
+    vae_leak: float = vae_fit.LEAK
     text: TextPretrainConfig = field(default_factory=TextPretrainConfig)
     text_steps: int = 1000
     t2i: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(edit_share=0.0))
@@ -86,6 +94,8 @@ class RecipeConfig:
         default_factory=lambda: TextPretrainConfig(lr=1e-3, warmup=30, captions_first=0, read_images=True)
     )
     read_steps: int = 1500
+    align: AlignConfig = field(default_factory=AlignConfig)
+    align_steps: int = 300
     copy: DiffusionConfig = field(
         default_factory=lambda: copy_only(DiffusionConfig(edit_share=1.0, lr=1e-3, warmup=20))
     )
@@ -118,6 +128,8 @@ class RecipeConfig:
             t2i_steps=2,
             read=TextPretrainConfig(batch=4, warmup=1, captions_first=0, read_images=True),
             read_steps=2,
+            align=AlignConfig(batch=4, warmup=1),
+            align_steps=2,
             copy=copy_only(small),
             copy_steps=2,
             edit=replace(small, edit_share=1.0),
@@ -135,6 +147,7 @@ class RecipeConfig:
             "seed": self.seed + 10,
             "precision": self.vae_precision,
             "hard_share": self.vae_hard_share,
+            "leak": self.vae_leak,
         }
         return vae_fit.VaeStage(vae, self.vae_steps, **{**kwargs, **overrides})
 
@@ -175,6 +188,10 @@ class RecipeConfig:
         d = dict(data)
         d["sizes"] = NanoSizes.from_json(d["sizes"])
         d.setdefault("vae_hard_share", 0.0)  # absent from a recipe.json written before the checks existed
+        d.setdefault("vae_leak", 0.0)  # absent from a recipe.json written before the leaky fuse
+        d.setdefault("align_steps", 0)  # absent from a recipe.json written before the align stage existed
+        if "align" in d:
+            d["align"] = AlignConfig(**d["align"])
         for key in ("t2i", "copy", "edit", "joint"):
             if key in d:  # ``copy`` is absent from a recipe.json written before that stage existed
                 d[key] = DiffusionConfig(**d[key])
@@ -208,6 +225,7 @@ def setting_stage(key: str) -> str:
         "vae_batch": "vae",
         "vae_precision": "vae",
         "vae_hard_share": "vae",
+        "vae_leak": "vae",
         "unet_layout": "t2i",
     }
     stage = early.get(head, head.removesuffix("_steps"))
@@ -380,6 +398,49 @@ class Recipe:
         }
         self._mark_done(name, info)
 
+    def _reader(self) -> str:
+        """The last text-encoder-only stage before the edit stages (``align`` when the recipe has it)."""
+        return "align" if self.cfg.align_steps > 0 else "read"
+
+    def run_align(self) -> None:
+        """Stage 6: the T2I UNet (frozen) and the encoder ``read`` left.
+
+        Reports the gap (the loss) on the held-out ShapesEval edits before and after.
+        """
+        from model_runtime.train import shapes_eval, world
+        from model_runtime.train.diffusion import Example
+
+        total = self.cfg.align_steps
+        if total == 0:  # not part of this recipe
+            self._mark_done("align", {"skipped": True})
+            return
+        models = self.models()
+        models.unet.load_state_dict(self._stage_state("t2i")["unet"])
+        models.text_encoder.load_state_dict(self._stage_state("read")["text_encoder"])
+        stage = AlignStage(models, self.cfg.align, total, seed=self.cfg.seed + 70)
+        heldout = [
+            Example(
+                "edit",
+                e.edit.instruction,
+                world.render(e.edit.target),
+                world.render(e.edit.source),
+                e.edit.target.key(),
+                e.edit.source.key(),
+                e.edit.target.caption(list(range(len(e.edit.target.objects)))),
+            )
+            for e in shapes_eval.edit_items("heldout")
+        ]
+        before = stage.heldout_gap(heldout)
+        log = run_stage(stage, "align", total, self.run_dir, resume=self.resume, progress=self.progress)
+        self._record(log)
+        self._mark_done("align", {"heldout_gap": {"before": before, "after": stage.heldout_gap(heldout)}})
+
+    def _stage_state(self, stage: str) -> dict[str, Any]:
+        state: dict[str, Any] = torch.load(
+            self.run_dir / stage / "ckpt.pt", map_location="cpu", weights_only=False
+        )["stage"]
+        return state
+
     def run_diffusion(self, name: str) -> None:
         """The diffusion stages (``t2i``, ``copy``, ``edit``, ``joint``)."""
         cfg: DiffusionConfig = getattr(self.cfg, name)
@@ -398,7 +459,8 @@ class Recipe:
             stage.ema_unet.load_state_dict(state["stage"]["ema_unet"])
             stage.ema_text.load_state_dict(state["stage"]["ema_text"])
         # a text-encoder-only stage ran in between
-        text_stage = {"t2i": "text", "copy": "read", "edit": None if copied else "read"}.get(name)
+        reader = self._reader()
+        text_stage = {"t2i": "text", "copy": reader, "edit": None if copied else reader}.get(name)
         if text_stage is not None:
             state = torch.load(self.run_dir / text_stage / "ckpt.pt", map_location="cpu", weights_only=False)
             models.text_encoder.load_state_dict(state["stage"]["text_encoder"])
@@ -432,7 +494,7 @@ class Recipe:
         )
 
     def run_distill(self, out: Path | None) -> None:
-        """Stage 6; writes ``<run>/student`` and copies it to ``out``."""
+        """Stage 10; writes ``<run>/student`` and copies it to ``out``."""
         models = self.models()
         self._load_stage_models(models, "joint", ema=True)
         teacher = frozen_copy(models.unet)
@@ -480,6 +542,8 @@ class Recipe:
                 self.run_vae()
             elif name in ("text", "read"):
                 self.run_text(name)
+            elif name == "align":
+                self.run_align()
             elif name in ("t2i", "copy", "edit", "joint"):
                 self.run_diffusion(name)
             elif name == "distill":

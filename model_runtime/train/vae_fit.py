@@ -7,17 +7,29 @@ corners and tips sharp. A small moment penalty keeps each latent channel near ze
 deviation (the pipeline uses the raw latents, scaling 1, shift 0, so the diffusion model sees them as they
 are), and the decoder is trained on slightly noisy latents so that small denoising errors decode cleanly.
 
-**Hard colour pairs.** A fit can fall into a trap where one object colour on one background encodes to almost
-the background's latent and the decoder erases it: the recipe's seed, on two CPUs, lost every green object
-on black (mean error 56 levels on its pixels, the other 17 pairs 3–10) from step ~1000 on and never recovered,
-which cost 9 % of the held-out generate prompts their object count before any UNet was trained. Oversampling
-the pair, once it stood out or in proportion to its error, rescued it in some ReLU fits and not in others: the
-units that would tell green from black passed no gradient. The fix is the VAE's activation (SiLU,
-``NanoSizes.vae_act_fn``). This stage keeps a guard: every ``HARD_CHECK_EVERY`` steps it measures the
-reconstruction error of each colour × background pair (:func:`pair_errors`), and until the next check a
-``hard_share`` of each batch's scenes is put on a pair drawn with probability ∝ error²
-(:func:`pair_probabilities`): near uniform while every pair is poor, focused on the laggards later. With both,
-from the trapped seed: every pair ≤ 7.1 levels at the end, median 5.4 (docs/nano.md, "The VAE's blind spot").
+**Hard colour pairs.** A fit can fall into a trap where the decoder erases one object colour on one
+background: the recipe's seed lost every green object on black (mean error 52–56 levels on its pixels, the
+other 17 pairs 3–10) from step ~1250 on and never recovered, which cost 9 % of the held-out generate prompts
+their object count before any UNet was trained. The trap is a dead zone of the ReLU that closes every
+``AutoencoderTinyBlock`` (``fuse``; it is a ReLU whatever the config's ``act_fn``): on a trapped fit 79 % of
+the decoder's last block is off at a green object's centre on black (50–63 % for the other colours), the
+pixel decodes to (25, 35, 25) and so does it from the best latent an optimiser finds, and the encoder's
+gradient from those renders is 4e-7 against 0.006–0.045 for the other colours on black
+(``scripts/nano_vae_dead_zone_probe.py``), so no amount of data on the pair moves it (200 steps with every
+scene on green-on-black: 51 → 50 levels). Two measures:
+
+* **A leaky fuse while the fit takes shape** (``leak``): during the first ``LEAK_UNTIL`` of the steps the fuse
+  of every block is a LeakyReLU whose slope falls linearly from ``leak`` to 0; the rest of the steps, and the
+  served model, use the ReLU the class has. A leaky fuse revived the trapped fit above (52 → 13 levels
+  within 100 ReLU steps after 150 leaky ones). The checkpoint is the class's own state dict either way.
+* **A guard**: every ``HARD_CHECK_EVERY`` steps the stage measures the reconstruction error of each colour ×
+  background pair through the ReLU model (:func:`pair_errors`), and until the next check a ``hard_share`` of
+  each batch's scenes is put on a pair drawn with probability ∝ error² (:func:`pair_probabilities`): near
+  uniform while every pair is poor, focused on the laggards later.
+
+SiLU inside the blocks (``NanoSizes.vae_act_fn``) and the guard alone did not prevent the trap: they avoided
+it on an AMX Xeon (every pair ≤ 7.1 levels) and fell into it from the same seed on a Zen 4 EPYC (green on
+black 52.7 at the end; docs/nano.md, "The VAE's blind spot").
 """
 
 from __future__ import annotations
@@ -46,6 +58,8 @@ HARD_POWER = 2.0
 HARD_SHARE = 0.5
 HARD_FACTOR = 3.0  # a finished fit is sound when no pair is above max(3 × median, 20) levels
 HARD_MIN_LEVELS = 20.0
+LEAK = 0.1
+LEAK_UNTIL = 2 / 3
 
 Pair = tuple[str, str]
 """An object colour and a background name."""
@@ -65,6 +79,21 @@ def resolve_precision(precision: VaePrecision) -> Literal["bf16", "fp32"]:
     if precision == "auto":
         return "bf16" if native_bf16() else "fp32"
     return precision
+
+
+def fuse_slope(i: int, total: int, leak: float) -> float:
+    """The blocks' fuse slope at step ``i``: ``leak`` falling linearly to 0 at ``LEAK_UNTIL`` of the steps."""
+    end = LEAK_UNTIL * total
+    return 0.0 if leak <= 0 or i >= end else leak * (1.0 - i / end)
+
+
+def set_fuse_slope(vae: Any, slope: float) -> None:
+    """Make the closing activation of every ``AutoencoderTinyBlock`` a LeakyReLU (``slope`` 0: the ReLU)."""
+    from torch import nn
+
+    for module in vae.modules():
+        if type(module).__name__ == "AutoencoderTinyBlock":
+            module.fuse = nn.LeakyReLU(slope) if slope > 0 else nn.ReLU()
 
 
 def build_vae(sizes: NanoSizes, seed: int = 0) -> Any:
@@ -194,6 +223,8 @@ class VaeStage:
             channels_last on a CPU with AMX), ``fp32``, or ``auto`` (bf16 only where the CPU has it natively).
         hard_share: Share of each batch's scenes put on a colour pair drawn by its error (module docstring); 0
             turns the checks off (the fit of the weights shipped before them).
+        leak: Initial negative slope of the blocks' fuse (module docstring); 0: the ReLU throughout (the
+            fits of the weights shipped before it).
     """
 
     def __init__(
@@ -206,6 +237,7 @@ class VaeStage:
         crop: int = 64,
         precision: VaePrecision = "auto",
         hard_share: float = 0.0,
+        leak: float = 0.0,
     ) -> None:
         self.vae = vae.to(memory_format=torch.channels_last)
         self.crop = crop
@@ -215,6 +247,7 @@ class VaeStage:
         self.seed = seed
         self.precision = resolve_precision(precision)
         self.hard_share = hard_share
+        self.leak = leak
         self.pairs: list[Pair] = []
         self.probabilities: list[float] = []
         self.hard_log: list[dict[str, Any]] = []
@@ -239,7 +272,9 @@ class VaeStage:
     def step(self, i: int) -> dict[str, float]:
         """One optimisation step on batch ``i``."""
         if self.hard_share > 0 and i > 0 and i % HARD_CHECK_EVERY == 0:
+            set_fuse_slope(self.vae, 0.0)  # measured as it will be served
             self.check(i)
+        set_fuse_slope(self.vae, fuse_slope(i, self.total, self.leak))
         rng = np.random.default_rng([self.seed, i])
         x, w = image_batch(rng, self.batch, self.crop, self.pairs, self.probabilities, self.hard_share)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -252,6 +287,7 @@ class VaeStage:
         parts["loss"].backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
         self.opt.step()
+        set_fuse_slope(self.vae, 0.0)  # between steps the model is the class's own
         return {k: float(v.detach()) for k, v in parts.items()}
 
     def state_dict(self) -> dict[str, Any]:

@@ -69,9 +69,10 @@ def main() -> None:
     import torch
 
     from model_runtime.train import vae_fit
+    from model_runtime.train.align import AlignStage
     from model_runtime.train.diffusion import DiffusionStage
     from model_runtime.train.distill import DistillStage, frozen_copy
-    from model_runtime.train.recipe import Recipe, RecipeConfig
+    from model_runtime.train.recipe import STAGES, Recipe, RecipeConfig
     from model_runtime.train.text_pretrain import TextPretrainStage
 
     torch.set_num_threads(args.threads)
@@ -116,10 +117,20 @@ def main() -> None:
         per_step["distill"] = _time_steps(dist, args.warmup, args.steps)
         d = cfg.distill
         encode_s["distill"] = _encodes(d.pool, cfg.distill_steps, d.batch, d.edit_share) * per_image
+        if cfg.align_steps > 0:  # last: it freezes the UNet the other stages share
+            a = cfg.align
+            align = AlignStage(models, replace(a, pool=tiny_pool), cfg.align_steps, 1)
+            per_step["align"] = _time_steps(align, args.warmup, args.steps)
+            draws = cfg.align_steps * a.batch  # one encode per target (no condition latent)
+            encodes = _distinct(a.pool, draws * (1 - a.caption_share)) + _distinct(
+                a.pool, draws * a.caption_share
+            )
+            encode_s["align"] = encodes * per_image
 
     shipped = json.loads(SHIPPED_LOG.read_text()) if SHIPPED_LOG.is_file() else {}
     rows = []
-    for name, sec in per_step.items():
+    for name in sorted(per_step, key=STAGES.index):
+        sec = per_step[name]
         steps = getattr(cfg, f"{name}_steps")
         est = sec * steps + encode_s.get(name, 0.0)
         ref = shipped.get(name, {}).get("seconds")

@@ -189,10 +189,12 @@ def test_the_shipped_recipe_is_the_default_and_an_older_run_s_recipe_still_loads
     assert "copy" not in previous  # written before the copy stage and the copy-rewarding loss existed
     cfg = RecipeConfig.from_json(previous)
     assert (cfg.copy_steps, cfg.joint.keep_weight) == (0, None)
-    relu_vae = replace(RecipeConfig(), vae_hard_share=0.0, sizes=replace(NanoSizes(), vae_act_fn="relu"))
+    run4 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run4/recipe.json").read_text()))
+    assert run4 == replace(RecipeConfig(), vae_leak=0.0, align_steps=0)  # since: the leaky fuse, align
+    relu_vae = replace(run4, vae_hard_share=0.0, sizes=replace(NanoSizes(), vae_act_fn="relu"))
     assert cfg == replace(relu_vae, read_steps=500)  # and then a 3x longer read stage
     run3 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run3/recipe.json").read_text()))
-    assert run3 == relu_vae  # the one change since: the VAE (SiLU, every colour pair checked)
+    assert run3 == relu_vae  # the change after it: the VAE (SiLU, every colour pair checked)
     legacy_stages = ("tokenizer", "vae", "text", "t2i", "read", "edit", "joint", "distill")
     for name in ("t2i", "edit", "joint"):  # the shipped run seeded its stages by their place in this tuple
         assert DIFFUSION_SEEDS[name] == 100 + legacy_stages.index(name)
@@ -202,7 +204,7 @@ def test_the_shipped_recipe_is_the_default_and_an_older_run_s_recipe_still_loads
 def test_a_recipe_without_copy_steps_skips_the_copy_stage(tmp_path: Path) -> None:
     cfg = replace(RecipeConfig.quick(), copy_steps=0)
     recipe = Recipe(tmp_path, cfg, progress=False)
-    recipe.run(("tokenizer", "vae", "text", "t2i", "read", "copy", "edit"), out=None)
+    recipe.run(("tokenizer", "vae", "text", "t2i", "read", "align", "copy", "edit"), out=None)
     assert json.loads((tmp_path / "copy" / "done.json").read_text()) == {"skipped": True}
     assert not (tmp_path / "copy" / "ckpt.pt").exists()
     log = json.loads((tmp_path / "train_log.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -139,3 +140,71 @@ def test_the_vae_is_silu_and_a_recipe_written_before_reads_as_relu() -> None:
     del legacy["sizes"]["vae_act_fn"]
     sizes = RecipeConfig.from_json(json.loads(json.dumps(legacy))).sizes
     assert vae_config(sizes)["act_fn"] == "relu"
+
+
+def test_the_fuse_leaks_while_the_fit_takes_shape_and_is_the_relu_after() -> None:
+    total = 30
+    end = int(vae_fit.LEAK_UNTIL * total)
+    slopes = [vae_fit.fuse_slope(i, total, 0.1) for i in range(total)]
+    assert slopes[0] == pytest.approx(0.1)
+    assert all(a > b for a, b in itertools.pairwise(slopes[:end]))  # falling
+    assert slopes[end:] == [0.0] * (total - end)
+    assert [vae_fit.fuse_slope(i, total, 0.0) for i in range(total)] == [0.0] * total
+
+
+def test_a_leaky_fuse_passes_gradient_where_the_relu_is_dead_and_keeps_the_state_dict() -> None:
+    torch.manual_seed(0)
+    vae = vae_fit.build_vae(NanoSizes.test())
+    block = next(m for m in vae.modules() if type(m).__name__ == "AutoencoderTinyBlock")
+    keys = set(vae.state_dict())
+    x = -torch.ones(1, block.conv[0].in_channels, 4, 4)  # (1, C, 4, 4)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.zero_()
+        block.conv[-1].bias.fill_(-1.0)  # every unit off: the ReLU's output is 0 with no gradient
+    for slope, alive in ((0.0, False), (0.2, True)):
+        vae_fit.set_fuse_slope(vae, slope)
+        block.zero_grad()
+        block(x).sum().backward()
+        assert bool(block.conv[-1].bias.grad.abs().sum() > 0) is alive
+    assert set(vae.state_dict()) == keys
+    vae_fit.set_fuse_slope(vae, 0.0)
+    assert all(
+        type(m.fuse) is torch.nn.ReLU for m in vae.modules() if type(m).__name__ == "AutoencoderTinyBlock"
+    )
+
+
+def test_the_stage_trains_leaky_checks_and_ends_each_step_with_the_relu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[float] = []
+
+    def errors(vae: object) -> dict[tuple[str, str], float]:
+        seen.extend(
+            float(getattr(m.fuse, "negative_slope", 0.0))
+            for m in vae.modules()  # type: ignore[attr-defined]
+            if type(m).__name__ == "AutoencoderTinyBlock"
+        )
+        return {(c, b): 5.0 for c in world.COLOURS for b in world.BACKGROUNDS}
+
+    monkeypatch.setattr(vae_fit, "pair_errors", errors)
+    monkeypatch.setattr(vae_fit, "HARD_CHECK_EVERY", 1)
+    torch.manual_seed(0)
+    stage = vae_fit.VaeStage(
+        vae_fit.build_vae(NanoSizes.test()), 6, batch=2, crop=32, hard_share=0.5, leak=0.1
+    )
+    for i in range(3):
+        stage.step(i)
+        assert all(
+            type(m.fuse) is torch.nn.ReLU
+            for m in stage.vae.modules()
+            if type(m).__name__ == "AutoencoderTinyBlock"
+        )
+    assert seen
+    assert set(seen) == {0.0}  # the checks measure the served (ReLU) model
+    cfg = RecipeConfig()
+    assert cfg.vae_stage(vae_fit.build_vae(NanoSizes.test())).leak == vae_fit.LEAK > 0
+    old = cfg.to_json()
+    del old["vae_leak"]
+    assert RecipeConfig.from_json(json.loads(json.dumps(old))).vae_leak == 0.0
+    assert setting_stage("vae_leak") == "vae"
