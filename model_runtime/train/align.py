@@ -36,8 +36,8 @@ from model_runtime.train.diffusion import (
     LatentCache,
     NanoModels,
     draw_examples,
+    noisy_latents,
     object_weights,
-    shift_sigma,
     unet_velocity,
 )
 from model_runtime.train.loop import cosine_lr
@@ -125,13 +125,8 @@ class AlignStage:
     def gap(self, examples: Sequence[Example], gen: torch.Generator, grad: bool = True) -> torch.Tensor:
         """The weighted mean squared difference of the two velocities on one batch."""
         cfg, m = self.cfg, self.m
-        B = len(examples)
         x0 = self.cache([e.target for e in examples], [e.target_key for e in examples])  # type: ignore[misc]
-        u = torch.randn(B, generator=gen) * cfg.logit_std + cfg.logit_mean
-        t = shift_sigma(torch.sigmoid(u), self.mu)  # (B,) logit-normal, resolution-shifted
-        noise = torch.randn(x0.shape, generator=gen)  # (B, 4, h, w)
-        tb = t[:, None, None, None]
-        x_t = (1.0 - tb) * x0 + tb * noise  # (B, 4, h, w)
+        t, _, x_t = noisy_latents(x0, gen, cfg.logit_mean, cfg.logit_std, self.mu)  # (B,), (B, 4, h, w)
         zeros = torch.zeros_like(x0)  # (B, 4, h, w) the T2I UNet's condition
         with torch.no_grad():
             ref, ref_mask = m.featurizer.encode_mixed(self.reference, reference_requests(examples))

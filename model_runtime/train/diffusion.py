@@ -365,6 +365,23 @@ def shift_sigma(t: torch.Tensor, mu: float) -> torch.Tensor:
     return e * t / (1.0 + (e - 1.0) * t)
 
 
+def noisy_latents(
+    x0: torch.Tensor, gen: torch.Generator, logit_mean: float, logit_std: float, mu: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rectified-flow training points: logit-normal t (resolution-shifted), noise, x_t = (1 − t)·x0 + t·ε.
+
+    Draws t first, then the noise, from ``gen``.
+
+    Returns:
+        ``t`` ``(B,)``, ``noise`` and ``x_t`` ``(B, 4, h, w)``.
+    """
+    u = torch.randn(x0.shape[0], generator=gen) * logit_std + logit_mean
+    t = shift_sigma(torch.sigmoid(u), mu)  # (B,) logit-normal, resolution-shifted
+    noise = torch.randn(x0.shape, generator=gen)  # (B, 4, h, w)
+    tb = t[:, None, None, None]
+    return t, noise, (1.0 - tb) * x0 + tb * noise
+
+
 @dataclass(frozen=True, slots=True)
 class DiffusionConfig:
     """Hyper-parameters of a pretraining stage."""
@@ -442,7 +459,6 @@ class DiffusionStage:
     def loss(self, examples: Sequence[Example], rng: np.random.Generator) -> torch.Tensor:
         """Rectified-flow loss of one batch."""
         cfg, m = self.cfg, self.m
-        B = len(examples)
         x0 = self.cache([e.target for e in examples], [e.target_key for e in examples])  # type: ignore[misc]
         cond = torch.zeros_like(x0)  # (B, 4, h, w)
         edit_rows = [i for i, e in enumerate(examples) if e.task == "edit"]
@@ -458,11 +474,9 @@ class DiffusionStage:
             m, hide_sources(examples, cfg.vlm_image_drop, rng), uncond
         )  # (B, L, D), (B, L)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        u = torch.randn(B, generator=gen) * cfg.logit_std + cfg.logit_mean
-        t = shift_sigma(torch.sigmoid(u), self.mu)  # (B,) logit-normal, resolution-shifted
-        noise = torch.randn(x0.shape, generator=gen)  # (B, 4, h, w)
-        tb = t[:, None, None, None]
-        x_t = (1.0 - tb) * x0 + tb * noise  # (B, 4, h, w)
+        t, noise, x_t = noisy_latents(
+            x0, gen, cfg.logit_mean, cfg.logit_std, self.mu
+        )  # (B,), (B, 4, h, w) ×2
         v = unet_velocity(m.unet, x_t, cond, t, text, mask)  # (B, 4, h, w)
         if cfg.object_weight == 1.0 and cfg.keep_weight is None and cfg.change_weight is None:
             return F.mse_loss(v, noise - x0)
