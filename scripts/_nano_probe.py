@@ -36,6 +36,8 @@ def load_shipped() -> Shipped:
     unet = DreamLiteUNetModel.from_pretrained(str(folder / "unet")).float()
     with tempfile.TemporaryDirectory() as tmp:
         featurizer = Recipe(Path(tmp), RecipeConfig(), progress=False).featurizer()
+    featurizer.tokenizer_file = folder / "tokenizer" / "tokenizer.json"  # the temporary one is gone
+    featurizer.drop_idx = dict(json.loads((folder / "dreamlite.json").read_text())["drop_idx"])
     return Shipped(vae, text_encoder, unet, featurizer)
 
 
@@ -45,6 +47,38 @@ def held_out_edits(per_kind: int) -> list[Any]:
 
     edits = [it.edit for it in shapes_eval.edit_items("heldout")]
     return [e for k in shapes_eval.EDIT_KINDS for e in [e for e in edits if e.kind == k][:per_kind]]
+
+
+def score_edits(edits: list[Any], images: Any) -> list[dict[str, float]]:
+    """ShapesEval's edit score of each image ``(B, 128, 128, 3)`` uint8 against its edit."""
+    from model_runtime.train import shapes_eval
+
+    return [shapes_eval.score_edit(e, shapes_eval.analyse(im)) for e, im in zip(edits, images, strict=True)]
+
+
+def record_arm(
+    report: dict[str, Any], arm: str, kinds: list[str], scores: list[dict[str, float]], seconds: float
+) -> None:
+    """Put one arm's :func:`edit_summary` into ``report["arms"]`` and print it."""
+    row = edit_summary(kinds, scores, seconds)
+    report["arms"][arm] = row
+    print(arm, json.dumps(row), flush=True)
+
+
+def edit_summary(kinds: list[str], scores: list[dict[str, float]], seconds: float) -> dict[str, Any]:
+    """ShapesEval edit scores of one arm: overall, instruction, preserve (means) and per kind."""
+    import numpy as np
+
+    by_kind: dict[str, list[float]] = {}
+    for kind, s in zip(kinds, scores, strict=True):
+        by_kind.setdefault(kind, []).append(s["score"])
+    return {
+        "overall": float(np.mean([s["score"] for s in scores])),
+        "instruction": float(np.mean([s["instruction"] for s in scores])),
+        "preserve": float(np.mean([s["preserve"] for s in scores])),
+        "by_kind": {k: float(np.mean(v)) for k, v in by_kind.items()},
+        "seconds": round(seconds, 1),
+    }
 
 
 def write_report(path: str | Path, results: dict[str, Any]) -> None:

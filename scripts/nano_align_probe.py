@@ -13,13 +13,13 @@ edit from three kinds of text features, and ShapesEval scores the images as edit
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _nano_probe import record_arm, score_edits, write_report
 from numpy.typing import NDArray
 
 from model_runtime.train import shapes_eval, world
@@ -77,25 +77,10 @@ def main() -> None:
         scores: list[dict[str, float]] = []
         for k in range(0, len(items), args.batch):
             images = draw(models, requests[k : k + args.batch], seeds[k : k + args.batch], args.steps)
-            scores += [
-                shapes_eval.score_edit(it.edit, shapes_eval.analyse(im))
-                for it, im in zip(items[k : k + args.batch], images, strict=True)
-            ]
-        by_kind: dict[str, list[float]] = {}
-        for it, s in zip(items, scores, strict=True):
-            by_kind.setdefault(it.edit.kind, []).append(s["score"])
-        row = {
-            "overall": float(np.mean([s["score"] for s in scores])),
-            "instruction": float(np.mean([s["instruction"] for s in scores])),
-            "preserve": float(np.mean([s["preserve"] for s in scores])),
-            "by_kind": {k: float(np.mean(v)) for k, v in by_kind.items()},
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
-        report["arms"][arm] = row
-        print(arm, json.dumps(row), flush=True)
+            scores += score_edits([it.edit for it in items[k : k + args.batch]], images)
+        record_arm(report, arm, [it.edit.kind for it in items], scores, time.perf_counter() - t0)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ class RecipeConfig:
         t2i_steps / copy_steps / edit_steps / joint_steps: Their lengths (``copy_steps`` 0: no copy stage,
             the shipped recipe).
         distill: Distillation settings; ``distill_steps`` its length.
+        edit_image_features: Whether the edit features the UNet sees keep the VLM's image tokens (the
+            official templates' drop; the shipped recipe). False: the folder's edit ``drop_idx`` also covers
+            them, so the UNet reads only the instruction and closing tokens, which see image and instruction
+            in the causal VLM (measured worse at this budget: ``docs/nano.md``).
         seed: Base seed (model init and data).
     """
 
@@ -106,6 +110,7 @@ class RecipeConfig:
     joint_steps: int = 900
     distill: DistillConfig = field(default_factory=DistillConfig)
     distill_steps: int = 100
+    edit_image_features: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -190,6 +195,7 @@ class RecipeConfig:
         d.setdefault("vae_hard_share", 0.0)  # absent from a recipe.json written before the checks existed
         d.setdefault("vae_leak", 0.0)  # absent from a recipe.json written before the leaky fuse
         d.setdefault("align_steps", 0)  # absent from a recipe.json written before the align stage existed
+        d.setdefault("edit_image_features", True)  # absent from a recipe.json written before the choice
         if "align" in d:
             d["align"] = AlignConfig(**d["align"])
         for key in ("t2i", "copy", "edit", "joint"):
@@ -227,6 +233,7 @@ def setting_stage(key: str) -> str:
         "vae_hard_share": "vae",
         "vae_leak": "vae",
         "unet_layout": "t2i",
+        "edit_image_features": "text",
     }
     stage = early.get(head, head.removesuffix("_steps"))
     if stage not in STAGES:
@@ -290,6 +297,13 @@ class Recipe:
         vae.load_state_dict(state["stage"]["vae"])
         return vae.eval().requires_grad_(False)
 
+    def drop_idx(self) -> dict[str, int]:
+        """Template tokens dropped from the text features per task (the folder's ``drop_idx``)."""
+        s = self.cfg.sizes
+        merge = int(configs.processor_config(s).get("merge_size", 2))
+        image_tokens = None if self.cfg.edit_image_features else (s.vlm_image // 16 // merge) ** 2
+        return tokenizer_build.drop_indices(self.tokenizer(), image_tokens)
+
     def featurizer(self) -> TextFeaturizer:
         """The runtime-exact text stage of this run's tokenizer and sizes."""
         tok = self.tokenizer()
@@ -297,7 +311,7 @@ class Recipe:
         return TextFeaturizer(
             self.run_dir / "tokenizer" / "tokenizer.json",
             configs.processor_config(s),
-            tokenizer_build.drop_indices(tok),
+            self.drop_idx(),
             (s.vlm_image, s.vlm_image),
             tokenizer_build.token_ids(tok)["<|endoftext|>"],
         )
@@ -335,7 +349,7 @@ class Recipe:
         tok = self.tokenizer()
         info = {
             "vocab": tok.get_vocab_size(),
-            "drop_idx": tokenizer_build.drop_indices(tok),
+            "drop_idx": self.drop_idx(),
             "seconds": time.perf_counter() - t0,
         }
         self._mark_done("tokenizer", info)
@@ -491,6 +505,7 @@ class Recipe:
             guidance=self.cfg.distill.guidance,
             dtype=torch.float32,
             model_id="dreamlite-nano-teacher",
+            drop=self.drop_idx(),
         )
 
     def run_distill(self, out: Path | None) -> None:
@@ -513,6 +528,7 @@ class Recipe:
             text_encoder=models.text_encoder,
             unet=models.unet,
             vae=models.vae,
+            drop=self.drop_idx(),
         )
         info: dict[str, Any] = {"student": str(student), "bytes": folder_bytes(student)}
         if out is not None:

@@ -90,20 +90,47 @@ class TextFeaturizer:
         Returns:
             ``(B, L, D)`` features and ``(B, L)`` int64 mask, zero-padded to the longest row.
         """
+        feats, mask, _ = self.encode_mixed_images(text_encoder, requests)
+        return feats, mask
+
+    def encode_mixed_images(
+        self, text_encoder: Any, requests: Sequence[TextRequest]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`encode_mixed`, and the states of every request's image tokens.
+
+        The image states are there whether or not the drop keeps them in the features (the ``read``
+        stage's per-token head reads them; ``RecipeConfig.edit_image_features``).
+
+        Returns:
+            ``(B, L, D)`` features, ``(B, L)`` int64 mask and ``(B, N, D)`` pre-final-norm states of the
+            ``<|image_pad|>`` tokens (N: the edit rows' image tokens; zeros for generate rows).
+        """
         order: list[int] = []
-        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for task in ("generate", "edit"):
             rows = [i for i, r in enumerate(requests) if r.task == task]
             if rows:
-                parts.append(self(text_encoder, [requests[i] for i in rows]))
+                parts.append(self.encode_task([requests[i] for i in rows], text_encoder))
                 order.extend(rows)
-        L = max(f.shape[1] for f, _ in parts)
+        L = max(f.shape[1] for f, _, _ in parts)
+        N = max(im.shape[1] for _, _, im in parts)
         feats = torch.cat(
-            [F.pad(f, (0, 0, 0, L - f.shape[1])) for f, _ in parts]
+            [F.pad(f, (0, 0, 0, L - f.shape[1])) for f, _, _ in parts]
         )  # (B, L, D) grouped by task
-        mask = torch.cat([F.pad(m, (0, L - m.shape[1])) for _, m in parts])  # (B, L)
+        mask = torch.cat([F.pad(m, (0, L - m.shape[1])) for _, m, _ in parts])  # (B, L)
+        images = torch.cat([F.pad(im, (0, 0, 0, N - im.shape[1])) for _, _, im in parts])  # (B, N, D)
         inverse = torch.tensor(np.argsort(order), dtype=torch.int64)
-        return feats[inverse], mask[inverse]
+        return feats[inverse], mask[inverse], images[inverse]
+
+    def keeps_image_tokens(self) -> bool:
+        """Whether the edit features include the image tokens (the official drop) or start after them."""
+        return self.image_pad_id() in self.kept_ids(
+            TextRequest("edit", "x", np.zeros((self.vlm_size[1], self.vlm_size[0], 3), dtype=np.uint8))
+        )
+
+    def image_pad_id(self) -> int:
+        """Id of ``<|image_pad|>``."""
+        return self.tokenizer.image_pad_id
 
     def kept_ids(self, req: TextRequest) -> tuple[int, ...]:
         """Token ids of a request that survive the drop (the rows of its features)."""
@@ -133,6 +160,13 @@ class TextFeaturizer:
         Returns:
             ``(B, L, D)`` features (zero-padded after the drop) and ``(B, L)`` int64 mask.
         """
+        feats, mask, _ = self.encode_task(requests, text_encoder, device)
+        return feats, mask
+
+    def encode_task(
+        self, requests: Sequence[TextRequest], text_encoder: Any, device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`__call__`, and ``(B, N, D)`` states of the image tokens (N = 0 for generate)."""
         task = requests[0].task
         if any(r.task != task for r in requests):
             raise ValueError("`requests` must share one task")
@@ -171,4 +205,7 @@ class TextFeaturizer:
         for b, n in enumerate(lengths):
             feats[b, : n - drop] = hidden[b, drop:n]
             mask[b, : n - drop] = 1
-        return feats, mask
+        pads = ids == self.image_pad_id()  # (B, T) bool, the same count in every edit row
+        n_img = int(pads[0].sum())
+        images = hidden[pads.to(hidden.device)].view(len(rows), n_img, hidden.shape[-1])  # (B, N, D)
+        return feats, mask, images

@@ -23,7 +23,11 @@ encoder is then trained on with the UNet (:mod:`.diffusion`).
 With ``read_images`` (the recipe's ``read`` stage, after T2I) the same per-token head also asks each merged
 vision token of an edit source for the object at the slot its image cell covers (or "empty"): the one-hop
 target that teaches the vision tower to read the source, while the slot readout still asks for the edited
-scene. Caption rows stay in the batches so the caption features the UNet has learned keep their meaning.
+scene. Where the folder's edit drop leaves the image tokens out of the features
+(``RecipeConfig.edit_image_features`` False; the shipped recipe keeps them), the head reads their states
+from the encoder directly, and the slot readout must find the edited scene in the instruction and closing
+tokens, which is where the UNet then looks for it. Caption rows stay in the batches so the caption features
+the UNet has learned keep their meaning.
 """
 
 from __future__ import annotations
@@ -206,7 +210,26 @@ def phrase_labels(
         elif read_images and it.source is not None:
             by_slot = {o.position: o for o in it.source.objects}
             pads = [k for k, t in enumerate(ids) if t == image_pad]
+            if not pads:  # image tokens outside the features: see :func:`image_labels`
+                continue
             for k, slot in zip(pads, cells, strict=True):
+                if slot is not None:
+                    out[b, k] = torch.tensor(_codes(by_slot.get(slot)))
+    return out
+
+
+def image_labels(featurizer: TextFeaturizer, items: Sequence[ReadItem], n_image: int) -> torch.Tensor:
+    """Per-image-token targets: the source object at the slot each token's cell covers, or empty.
+
+    Returns:
+        ``(B, n_image, 3)`` int64 codes for edit rows, −100 (ignored) for generate rows.
+    """
+    cells = cell_slots(featurizer.vlm_size[0], featurizer.merge)
+    out = torch.full((len(items), n_image, 3), -100, dtype=torch.int64)
+    for b, it in enumerate(items):
+        if it.request.task == "edit" and it.source is not None:
+            by_slot = {o.position: o for o in it.source.objects}
+            for k, slot in enumerate(cells):
                 if slot is not None:
                     out[b, k] = torch.tensor(_codes(by_slot.get(slot)))
     return out
@@ -226,11 +249,14 @@ def readout_loss(
     mask: torch.Tensor,
     scenes: Sequence[Scene],
     token_labels: torch.Tensor | None = None,
+    image_states: torch.Tensor | None = None,
+    image_token_labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of the readout, and the per-request exact-match of the slot readout.
 
-    The per-token head's loss is added where ``token_labels`` ``(B, L, 3)`` are given. Exact-match means
-    every slot and the background.
+    The per-token head's loss is added where ``token_labels`` ``(B, L, 3)`` are given, and on
+    ``image_states`` ``(B, N, D)`` (image tokens outside the features) where ``image_token_labels``
+    ``(B, N, 3)`` are. Exact-match means every slot and the background.
     """
     labels = [scene_labels(s) for s in scenes]
     slot_y = torch.tensor([lab for lab, _ in labels]).view(-1, N_SLOT, 3)  # (B, 5, 3) int64
@@ -248,6 +274,14 @@ def readout_loss(
         for logits, k in ((tc, 0), (ts, 1), (tz, 2)):  # (B, L, classes)
             loss = loss + F.cross_entropy(
                 logits.flatten(0, 1), token_labels[..., k].flatten(), ignore_index=-100
+            )
+    if image_states is not None and image_token_labels is not None and bool((image_token_labels >= 0).any()):
+        ic, is_, iz = torch.split(
+            readout.token_head(readout.norm(image_states)), [N_COLOUR, N_SHAPE, N_SIZE], dim=-1
+        )  # (B, N, classes) each
+        for logits, k in ((ic, 0), (is_, 1), (iz, 2)):
+            loss = loss + F.cross_entropy(
+                logits.flatten(0, 1), image_token_labels[..., k].flatten(), ignore_index=-100
             )
     pred = torch.stack([c.argmax(-1), s.argmax(-1), z.argmax(-1)], dim=-1)  # (B, 5, 3)
     exact = ((pred == slot_y).flatten(1).all(1) & (bg_logits.argmax(-1) == bg_y)).float()  # (B,)
@@ -275,6 +309,7 @@ class TextPretrainStage:
         self.seed = seed
         torch.manual_seed(seed)
         self.readout = SceneReadout(int(text_encoder.config.text_config.hidden_size))
+        self.image_rows_kept = featurizer.keeps_image_tokens()
         params = list(text_encoder.parameters()) + list(self.readout.parameters())
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
 
@@ -286,11 +321,16 @@ class TextPretrainStage:
         for group in self.opt.param_groups:
             group["lr"] = cosine_lr(i, self.total, self.cfg.lr, self.cfg.warmup)
         self.text_encoder.train()
-        feats, mask = self.featurizer.encode_mixed(
+        feats, mask, images = self.featurizer.encode_mixed_images(
             self.text_encoder, [it.request for it in items]
-        )  # (B, L, D), (B, L)
+        )  # (B, L, D), (B, L), (B, N, D)
         labels = phrase_labels(self.featurizer, items, feats.shape[1], self.cfg.read_images)  # (B, L, 3)
-        loss, exact = readout_loss(self.readout, feats, mask, [it.scene for it in items], labels)
+        img_labels = None
+        if self.cfg.read_images and not self.image_rows_kept:
+            img_labels = image_labels(self.featurizer, items, images.shape[1])  # (B, N, 3)
+        loss, exact = readout_loss(
+            self.readout, feats, mask, [it.scene for it in items], labels, images, img_labels
+        )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)

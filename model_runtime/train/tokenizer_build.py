@@ -143,8 +143,14 @@ def padded_vocab_size(tok: Any, multiple: int = 64) -> int:
     return (n + multiple - 1) // multiple * multiple
 
 
-def drop_indices(tok: Any) -> dict[str, int]:
+def drop_indices(tok: Any, edit_image_tokens: int | None = None) -> dict[str, int]:
     r"""Template tokens before the user's text, through ``<|im_start|>user\n``, per task.
+
+    With ``edit_image_tokens`` (the merged vision tokens of the edit source, fixed by the folder's VLM image
+    size), the edit drop also covers ``<|vision_start|>``, the image tokens and ``<|vision_end|>``: the UNet
+    then sees only the instruction and the closing template tokens, which in the causal VLM attend to the
+    image *and* the instruction (the image tokens come first and cannot see the instruction; see
+    ``docs/nano.md``, "Image tokens in the edit features").
 
     Raises:
         ValueError: The boundary is not a token boundary of the full template.
@@ -159,6 +165,14 @@ def drop_indices(tok: Any) -> dict[str, int]:
         if full_ids[: len(head_ids)] != head_ids:
             raise ValueError(f"`{task}` template prefix does not end on a token boundary")
         out[task] = len(head_ids)
+    if edit_image_tokens is not None:
+        full_ids = tok.encode(build_prompt("edit", "x")).ids
+        start = out["edit"]
+        if full_ids[start : start + 3] != [
+            tok.token_to_id(t) for t in ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+        ]:
+            raise ValueError("the edit template does not start the user's turn with the image")
+        out["edit"] = start + edit_image_tokens + 2
     return out
 
 

@@ -44,6 +44,7 @@ def write_folder(
     guidance: tuple[float, float] | None = None,
     dtype: torch.dtype = torch.float16,
     model_id: str = "dreamlite-nano",
+    drop: dict[str, int] | None = None,
 ) -> Path:
     """Write a complete model folder.
 
@@ -58,6 +59,8 @@ def write_folder(
         steps: Default steps recorded in ``dreamlite.json``.
         guidance: (text, image) guidance scales for ``base``.
         dtype: Storage dtype of the weights.
+        drop: Template tokens dropped per task (``dreamlite.json``'s ``drop_idx``; None: the template
+            prefix, :func:`tokenizer_build.drop_indices`).
         model_id: Name in ``dreamlite.json``.
 
     Returns:
@@ -81,7 +84,7 @@ def write_folder(
     tokenizer_build.save_tokenizer(tokenizer, tmp / "processor", processor=True)
     _dump(tmp / "processor" / "preprocessor_config.json", configs.processor_config(sizes))
     _dump(tmp / "processor" / "video_preprocessor_config.json", configs.video_processor_config())
-    drop = tokenizer_build.drop_indices(tokenizer)
+    drop = drop if drop is not None else tokenizer_build.drop_indices(tokenizer)
     _dump(
         tmp / "dreamlite.json",
         configs.folder_config(

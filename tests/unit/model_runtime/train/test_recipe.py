@@ -48,11 +48,16 @@ def test_written_folder_loads_and_serves(quick_run: tuple[Recipe, Path, dict[str
     from model_runtime import SampleSpec, load_pipeline, open_model_folder
     from model_runtime.train import world
 
-    _, out, _ = quick_run
+    recipe, out, _ = quick_run
     folder = open_model_folder(out)
     assert folder.config.model_id == "dreamlite-nano"
     assert folder.config.default_size == (128, 128)
     assert (folder.config.drop_idx_generate, folder.config.drop_idx_edit) == (34, 64)
+    assert recipe.drop_idx() == {"generate": 34, "edit": 64}
+    # without image features the edit drop also covers <|vision_start|>, the image tokens, <|vision_end|>
+    n_image = (recipe.cfg.sizes.vlm_image // 16 // 2) ** 2
+    text_only = Recipe(recipe.run_dir, replace(recipe.cfg, edit_image_features=False), progress=False)
+    assert text_only.drop_idx() == {"generate": 34, "edit": 64 + n_image + 2}
     pipe = load_pipeline(out)
     source = world.render(world.random_scene(np.random.default_rng(0)))
     results = pipe.run(
@@ -64,6 +69,18 @@ def test_written_folder_loads_and_serves(quick_run: tuple[Recipe, Path, dict[str
         ]
     )
     assert [r.image.shape for r in results] == [(128, 128, 3), (128, 128, 3)]  # type: ignore[union-attr]
+    # the features training conditioned on are the ones the pipeline serves (edit: after the image tokens)
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from model_runtime.train.text_features import TextRequest
+
+    spec = SampleSpec(task="edit", prompt="remove the red circle", seed=2, image=source)
+    served = pipe._encode_text(pipe.plan(spec), "cond", traced=False).features  # (L, D)
+    encoder = Qwen3VLForConditionalGeneration.from_pretrained(str(out / "text_encoder")).float().eval()
+    with torch.no_grad():
+        trained, mask = recipe.featurizer()(encoder, [TextRequest("edit", spec.prompt, source)])
+    assert int(mask.sum()) == served.shape[0]
+    np.testing.assert_allclose(trained[0].numpy(), served, atol=1e-4, rtol=1e-4)
     teacher = open_model_folder(out.parent / "teacher")
     assert teacher.config.variant == "base"
     assert teacher.config.default_steps == 28
@@ -185,6 +202,11 @@ def test_recipe_rejects_an_unknown_layout() -> None:
 def test_the_shipped_recipe_is_the_default_and_an_older_run_s_recipe_still_loads() -> None:
     shipped = RecipeConfig.from_json(json.loads(Path("docs/results/nano/recipe.json").read_text()))
     assert shipped == RecipeConfig()  # the defaults are the shipped recipe
+    assert shipped.edit_image_features  # written before the choice: the official edit drop
+    tried = Path("docs/results/nano/edit-image-features-off/recipe.json")
+    assert RecipeConfig.from_json(json.loads(tried.read_text())) == replace(
+        RecipeConfig(), edit_image_features=False
+    )  # the measured variant differs in that one setting
     previous = json.loads(Path("docs/results/nano/run2/recipe.json").read_text())
     assert "copy" not in previous  # written before the copy stage and the copy-rewarding loss existed
     cfg = RecipeConfig.from_json(previous)
