@@ -134,18 +134,21 @@ def draw_examples(
         target_caption = None
         if target_captions is not None:
             target_caption = e.target.caption(world.random_order(target_captions, len(e.target.objects)))
-        out.append(
-            Example(
-                "edit",
-                e.instruction,
-                world.render(e.target),
-                world.render(e.source),
-                e.target.key(),
-                e.source.key(),
-                target_caption,
-            )
-        )
+        out.append(edit_example(e, target_caption))
     return out
+
+
+def edit_example(e: world.Edit, caption: str | None = None) -> Example:
+    """An edit triple as a training example (renders and scene keys), with its target's caption if given."""
+    return Example(
+        "edit",
+        e.instruction,
+        world.render(e.target),
+        world.render(e.source),
+        e.target.key(),
+        e.source.key(),
+        caption,
+    )
 
 
 class LatentCache:
