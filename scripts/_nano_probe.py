@@ -6,7 +6,6 @@ Imported by ``scripts/nano_*_probe.py`` (run as ``python scripts/<probe>.py``, s
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,13 @@ def load_shipped() -> Shipped:
     from transformers import Qwen3VLForConditionalGeneration
 
     from model_runtime.assets import default_model_dir
-    from model_runtime.train.recipe import Recipe, RecipeConfig
+    from model_runtime.train.text_features import TextFeaturizer
 
     folder = default_model_dir()
     vae = AutoencoderTiny.from_pretrained(str(folder / "vae")).float().eval().requires_grad_(False)
     text_encoder = Qwen3VLForConditionalGeneration.from_pretrained(str(folder / "text_encoder")).float()
     unet = DreamLiteUNetModel.from_pretrained(str(folder / "unet")).float()
-    with tempfile.TemporaryDirectory() as tmp:
-        featurizer = Recipe(Path(tmp), RecipeConfig(), progress=False).featurizer()
-    featurizer.tokenizer_file = folder / "tokenizer" / "tokenizer.json"  # the temporary one is gone
-    featurizer.drop_idx = dict(json.loads((folder / "dreamlite.json").read_text())["drop_idx"])
-    return Shipped(vae, text_encoder, unet, featurizer)
+    return Shipped(vae, text_encoder, unet, TextFeaturizer.for_folder(folder))
 
 
 def held_out_edits(per_kind: int) -> list[Any]:
@@ -79,6 +74,13 @@ def edit_summary(kinds: list[str], scores: list[dict[str, float]], seconds: floa
         "by_kind": {k: float(np.mean(v)) for k, v in by_kind.items()},
         "seconds": round(seconds, 1),
     }
+
+
+def repo_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (reports carry no machine's paths)."""
+    root = Path(__file__).resolve().parent.parent
+    resolved = path.resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
 def write_report(path: str | Path, results: dict[str, Any]) -> None:

@@ -21,14 +21,13 @@ noise per seed) in four arms, and ShapesEval scores the images as edits:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _nano_probe import record_arm, score_edits, write_report
+from _nano_probe import record_arm, repo_path, score_edits, write_report
 from numpy.typing import NDArray
 
 from model_runtime.train import configs, shapes_eval, world
@@ -40,31 +39,23 @@ from model_runtime.train.diffusion import (
     guided_velocity,
     schedule_sigmas,
 )
-from model_runtime.train.text_features import TextRequest
+from model_runtime.train.text_features import TextFeaturizer, TextRequest
 
 ARMS = ("edit", "edit_zero_cond", "edit_no_vision", "edit_no_vision_zero_cond", "caption", "caption_src")
 
 
 def load(folder: Path) -> NanoModels:
-    """A model folder's UNet, VLM and VAE in float32 with the recipe's featurizer."""
-    import tempfile
-
+    """A model folder's UNet, VLM and VAE in float32 with the folder's text stage."""
     from diffusers import AutoencoderTiny, DreamLiteUNetModel
     from transformers import Qwen3VLForConditionalGeneration
 
-    from model_runtime.train.recipe import Recipe, RecipeConfig
-
-    with tempfile.TemporaryDirectory() as tmp:
-        featurizer = Recipe(Path(tmp), RecipeConfig(), progress=False).featurizer()
-    featurizer.tokenizer_file = folder / "tokenizer" / "tokenizer.json"  # the temporary one is gone
-    featurizer.drop_idx = dict(json.loads((folder / "dreamlite.json").read_text())["drop_idx"])
     return NanoModels(
         text_encoder=Qwen3VLForConditionalGeneration.from_pretrained(str(folder / "text_encoder"))
         .float()
         .eval(),
         unet=DreamLiteUNetModel.from_pretrained(str(folder / "unet")).float().eval(),
         vae=AutoencoderTiny.from_pretrained(str(folder / "vae")).float().eval(),
-        featurizer=featurizer,
+        featurizer=TextFeaturizer.for_folder(folder),
         scheduler_config=configs.scheduler_config(),
     )
 
@@ -130,7 +121,12 @@ def main() -> None:
     models = load(folder)
     items = list(shapes_eval.edit_items("heldout"))
     jobs = [(it, 1000 + s) for s in range(args.seeds) for it in items]
-    report: dict[str, Any] = {"model": str(folder), "steps": args.steps, "samples": len(jobs), "arms": {}}
+    report: dict[str, Any] = {
+        "model": repo_path(folder),
+        "steps": args.steps,
+        "samples": len(jobs),
+        "arms": {},
+    }
     for arm in args.arms.split(","):
         t0 = time.perf_counter()
         scores: list[dict[str, float]] = []

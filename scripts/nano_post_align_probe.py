@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _nano_probe import record_arm, score_edits, write_report
+from _nano_probe import record_arm, repo_path, score_edits, write_report
 from nano_edit_mode_probe import draw, load
 
 from model_runtime.train import shapes_eval, world
@@ -59,7 +59,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     folder = args.model or default_model_dir()
     models = load(folder)
-    report: dict[str, Any] = {"model": str(folder), "steps": args.steps, "lr": args.lr, "arms": {}}
+    report: dict[str, Any] = {"model": repo_path(folder), "steps": args.steps, "lr": args.lr, "arms": {}}
     for arm in ("edit", "caption"):
         t0 = time.perf_counter()
         record_arm(report, f"before_{arm}", *score(models, arm), time.perf_counter() - t0)

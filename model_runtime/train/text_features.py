@@ -79,6 +79,22 @@ class TextFeaturizer:
         self.merge = int(processor_config.get("merge_size", 2))
         self._encode = lru_cache(maxsize=65536)(self._encode_uncached)
 
+    @classmethod
+    def for_folder(cls, folder: Path) -> TextFeaturizer:
+        """The text stage of a written model folder (its tokenizer, processor, ``drop_idx`` and VLM size)."""
+        import json
+
+        from tokenizers import Tokenizer
+
+        config = json.loads((folder / "dreamlite.json").read_text(encoding="utf-8"))
+        processor = json.loads((folder / "processor" / "preprocessor_config.json").read_text("utf-8"))
+        tokenizer_file = folder / "tokenizer" / "tokenizer.json"
+        pad_id = Tokenizer.from_file(str(tokenizer_file)).token_to_id("<|endoftext|>")
+        if pad_id is None:
+            raise ValueError(f"{tokenizer_file} has no <|endoftext|> token")
+        w, h = config["vlm_image_size"]
+        return cls(tokenizer_file, processor, dict(config["drop_idx"]), (int(w), int(h)), int(pad_id))
+
     def _encode_uncached(self, template: str, n_image: int) -> tuple[int, ...]:
         return tuple(int(i) for i in self.tokenizer.encode(template, n_image))
 
@@ -110,7 +126,7 @@ class TextFeaturizer:
         for task in ("generate", "edit"):
             rows = [i for i, r in enumerate(requests) if r.task == task]
             if rows:
-                parts.append(self.encode_task([requests[i] for i in rows], text_encoder))
+                parts.append(self.encode_task(text_encoder, [requests[i] for i in rows]))
                 order.extend(rows)
         L = max(f.shape[1] for f, _, _ in parts)
         N = max(im.shape[1] for _, _, im in parts)
@@ -160,11 +176,11 @@ class TextFeaturizer:
         Returns:
             ``(B, L, D)`` features (zero-padded after the drop) and ``(B, L)`` int64 mask.
         """
-        feats, mask, _ = self.encode_task(requests, text_encoder, device)
+        feats, mask, _ = self.encode_task(text_encoder, requests, device)
         return feats, mask
 
     def encode_task(
-        self, requests: Sequence[TextRequest], text_encoder: Any, device: torch.device | None = None
+        self, text_encoder: Any, requests: Sequence[TextRequest], device: torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`__call__`, and ``(B, N, D)`` states of the image tokens (N = 0 for generate)."""
         task = requests[0].task

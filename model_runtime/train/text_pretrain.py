@@ -208,14 +208,20 @@ def phrase_labels(
                 if pos is not None and pos in by_slot:
                     out[b, k] = torch.tensor(_codes(by_slot[pos]))
         elif read_images and it.source is not None:
-            by_slot = {o.position: o for o in it.source.objects}
             pads = [k for k, t in enumerate(ids) if t == image_pad]
             if not pads:  # image tokens outside the features: see :func:`image_labels`
                 continue
-            for k, slot in zip(pads, cells, strict=True):
-                if slot is not None:
-                    out[b, k] = torch.tensor(_codes(by_slot.get(slot)))
+            if len(pads) != len(cells):
+                raise ValueError(f"{len(pads)} image tokens for {len(cells)} cells")
+            for k, codes in _cell_codes(it.source, cells):
+                out[b, pads[k]] = torch.tensor(codes)
     return out
+
+
+def _cell_codes(source: Scene, cells: Sequence[Position | None]) -> list[tuple[int, list[int]]]:
+    """(image token index, codes of the source object at its cell's slot, or empty) for covering cells."""
+    by_slot = {o.position: o for o in source.objects}
+    return [(k, _codes(by_slot.get(slot))) for k, slot in enumerate(cells) if slot is not None]
 
 
 def image_labels(featurizer: TextFeaturizer, items: Sequence[ReadItem], n_image: int) -> torch.Tensor:
@@ -228,10 +234,8 @@ def image_labels(featurizer: TextFeaturizer, items: Sequence[ReadItem], n_image:
     out = torch.full((len(items), n_image, 3), -100, dtype=torch.int64)
     for b, it in enumerate(items):
         if it.request.task == "edit" and it.source is not None:
-            by_slot = {o.position: o for o in it.source.objects}
-            for k, slot in enumerate(cells):
-                if slot is not None:
-                    out[b, k] = torch.tensor(_codes(by_slot.get(slot)))
+            for k, codes in _cell_codes(it.source, cells):
+                out[b, k] = torch.tensor(codes)
     return out
 
 
@@ -269,23 +273,27 @@ def readout_loss(
         + F.cross_entropy(z.flatten(0, 1), slot_y[..., 2].flatten())
         + F.cross_entropy(bg_logits, bg_y)
     )
-    if token_labels is not None and bool((token_labels[..., 0] >= 0).any()):
-        tc, ts, tz = torch.split(token_logits, [N_COLOUR, N_SHAPE, N_SIZE], dim=-1)
-        for logits, k in ((tc, 0), (ts, 1), (tz, 2)):  # (B, L, classes)
-            loss = loss + F.cross_entropy(
-                logits.flatten(0, 1), token_labels[..., k].flatten(), ignore_index=-100
-            )
-    if image_states is not None and image_token_labels is not None and bool((image_token_labels >= 0).any()):
-        ic, is_, iz = torch.split(
-            readout.token_head(readout.norm(image_states)), [N_COLOUR, N_SHAPE, N_SIZE], dim=-1
-        )  # (B, N, classes) each
-        for logits, k in ((ic, 0), (is_, 1), (iz, 2)):
-            loss = loss + F.cross_entropy(
-                logits.flatten(0, 1), image_token_labels[..., k].flatten(), ignore_index=-100
-            )
+    if token_labels is not None:
+        loss = _add_token_loss(loss, token_logits, token_labels)
+    if image_states is not None and image_token_labels is not None:
+        image_logits = readout.token_head(readout.norm(image_states))  # (B, N, 15)
+        loss = _add_token_loss(loss, image_logits, image_token_labels)
     pred = torch.stack([c.argmax(-1), s.argmax(-1), z.argmax(-1)], dim=-1)  # (B, 5, 3)
     exact = ((pred == slot_y).flatten(1).all(1) & (bg_logits.argmax(-1) == bg_y)).float()  # (B,)
     return loss, exact
+
+
+def _add_token_loss(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``loss`` plus the per-token head's colour, shape and size cross-entropies.
+
+    ``logits`` ``(B, L, 15)``; ``labels`` ``(B, L, 3)`` mark the tokens with a target (−100 elsewhere);
+    nothing is added when none does.
+    """
+    if not bool((labels[..., 0] >= 0).any()):
+        return loss
+    for part, k in zip(torch.split(logits, [N_COLOUR, N_SHAPE, N_SIZE], dim=-1), range(3), strict=True):
+        loss = loss + F.cross_entropy(part.flatten(0, 1), labels[..., k].flatten(), ignore_index=-100)
+    return loss
 
 
 class TextPretrainStage:

@@ -72,7 +72,7 @@ def test_written_folder_loads_and_serves(quick_run: tuple[Recipe, Path, dict[str
     # the features training conditioned on are the ones the pipeline serves (edit: after the image tokens)
     from transformers import Qwen3VLForConditionalGeneration
 
-    from model_runtime.train.text_features import TextRequest
+    from model_runtime.train.text_features import TextFeaturizer, TextRequest
 
     spec = SampleSpec(task="edit", prompt="remove the red circle", seed=2, image=source)
     served = pipe._encode_text(pipe.plan(spec), "cond", traced=False).features  # (L, D)
@@ -81,6 +81,9 @@ def test_written_folder_loads_and_serves(quick_run: tuple[Recipe, Path, dict[str
         trained, mask = recipe.featurizer()(encoder, [TextRequest("edit", spec.prompt, source)])
     assert int(mask.sum()) == served.shape[0]
     np.testing.assert_allclose(trained[0].numpy(), served, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # the folder's own text stage (the probes') is the recipe's
+        from_folder, _ = TextFeaturizer.for_folder(out)(encoder, [TextRequest("edit", spec.prompt, source)])
+    assert torch.equal(from_folder, trained)
     teacher = open_model_folder(out.parent / "teacher")
     assert teacher.config.variant == "base"
     assert teacher.config.default_steps == 28
