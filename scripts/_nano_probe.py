@@ -21,15 +21,15 @@ class Shipped:
     featurizer: Any
 
 
-def load_shipped() -> Shipped:
-    """The default model's VAE (frozen), text encoder, UNet and the recipe's text featurizer."""
+def load_shipped(folder: Path | None = None) -> Shipped:
+    """A model folder's (default: the embedded model's) VAE (frozen), text encoder, UNet and text stage."""
     from diffusers import AutoencoderTiny, DreamLiteUNetModel
     from transformers import Qwen3VLForConditionalGeneration
 
     from model_runtime.assets import default_model_dir
     from model_runtime.train.text_features import TextFeaturizer
 
-    folder = default_model_dir()
+    folder = folder or default_model_dir()
     vae = AutoencoderTiny.from_pretrained(str(folder / "vae")).float().eval().requires_grad_(False)
     text_encoder = Qwen3VLForConditionalGeneration.from_pretrained(str(folder / "text_encoder")).float()
     unet = DreamLiteUNetModel.from_pretrained(str(folder / "unet")).float()

@@ -96,6 +96,7 @@ def main() -> None:
     )
     parser.add_argument("--arms", default="base:mobile:0,topup:topup:0,blind:mobile:0.5")
     parser.add_argument("--out", default="docs/results/nano/cond-usage-probe.json")
+    parser.add_argument("--model", type=Path, default=None, help="start folder (default: the embedded model)")
     args = parser.parse_args()
 
     import numpy as np
@@ -109,7 +110,7 @@ def main() -> None:
     from model_runtime.train.models import build_unet
 
     torch.set_num_threads(args.threads)
-    shipped_parts = load_shipped()
+    shipped_parts = load_shipped(args.model)
     vae, featurizer = shipped_parts.vae, shipped_parts.featurizer
     shipped_text, shipped_unet = shipped_parts.text_encoder, shipped_parts.unet
 

@@ -12,6 +12,11 @@ noise per seed) in four arms, and ShapesEval scores the images as edits:
 * ``caption``: the target scene's caption as a generate request, zero condition (the text path's ceiling);
 * ``caption_src``: the target caption's features with the source latent in the condition half.
 
+An oracle arm, not in the default set (``--arms edit_no_subject``): the edit request with the image tokens
+whose cells cover the edited object's slot in the *source* masked out (the answer decides which; for ``add``
+and ``background`` nothing is masked). Scored high, it says that the features hold the answer and only the
+source's own description of the changed object stands in the way.
+
 ``edit`` ≈ ``edit_zero_cond`` says the condition latent is not used; ``edit_zero_cond`` far below
 ``caption`` says the features are the gap.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +75,16 @@ def draw(
     zero: bool,
     src: NDArray[np.uint8] | None,
     hide_vision: bool = False,
+    hide_rows: Callable[[int], torch.Tensor] | None = None,
 ) -> NDArray[np.uint8]:
     """Unguided Euler samples; ``zero`` empties the condition half; ``src`` overrides it; ``hide_vision``
-    masks the image tokens out of the features. ``(B, 128, 128, 3)``."""
+    masks the image tokens out of the features, ``hide_rows(L)`` (``(B, L)`` bool) any rows.
+    ``(B, 128, 128, 3)``."""
     c = conditions(models, examples, False)
     if hide_vision:
         c.mask = c.mask * ~vision_rows(models, examples, c.mask.shape[1])
+    if hide_rows is not None:
+        c.mask = c.mask * ~hide_rows(c.mask.shape[1])
     if zero:
         c.cond.zero_()
     if src is not None:
@@ -104,6 +114,24 @@ def vision_rows(models: NanoModels, examples: list[Example], length: int) -> tor
     return out
 
 
+def subject_rows(models: NanoModels, edits: list[world.Edit], length: int) -> torch.Tensor:
+    """``(B, L)`` bool: the image-token rows whose cells cover the edited object's slot in the source."""
+    from model_runtime.train.text_pretrain import cell_slots
+
+    cells = cell_slots(models.featurizer.vlm_size[0], models.featurizer.merge)
+    pad = models.featurizer.image_pad_id()
+    out = torch.zeros((len(edits), length), dtype=torch.bool)
+    for b, e in enumerate(edits):
+        if e.subject is None or e.kind == "add":
+            continue
+        ids = models.featurizer.kept_ids(TextRequest("edit", e.instruction, world.render(e.source)))
+        pads = [k for k, t in enumerate(ids) if t == pad]
+        for k, slot in enumerate(cells):
+            if slot == e.subject.position:
+                out[b, pads[k]] = True
+    return out
+
+
 def main() -> None:
     from model_runtime.assets import default_model_dir
 
@@ -113,7 +141,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="seeds per edit (1000, 1001, …)")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated; also the oracle edit_no_subject")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -149,6 +177,7 @@ def main() -> None:
                 arm.endswith("zero_cond"),
                 np.stack(sources) if arm == "caption_src" else None,
                 "no_vision" in arm,
+                (lambda n, e=edits: subject_rows(models, e, n)) if arm == "edit_no_subject" else None,
             )
             scores += score_edits(edits, images)
         record_arm(report, arm, [it.edit.kind for it, _ in jobs], scores, time.perf_counter() - t0)
