@@ -102,7 +102,7 @@ def main() -> None:
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from _nano_probe import held_out_edits, load_shipped, write_report
+    from _nano_probe import held_out_edits, load_shipped, repo_path, write_report
 
     from model_runtime.train import configs, diffusion, shapes_eval, world
     from model_runtime.train.configs import NanoSizes
@@ -210,6 +210,7 @@ def main() -> None:
         return unet
 
     results: dict[str, Any] = {
+        "model": "embedded" if args.model is None else repo_path(args.model),
         "task": args.task,
         "steps": args.steps,
         "lr": args.lr,
