@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _nano_probe import record_arm, repo_path, score_edits, write_report
+from _nano_probe import load_shipped, record_arm, repo_path, score_edits, write_report
 from numpy.typing import NDArray
 
 from model_runtime.train import configs, shapes_eval, world
@@ -45,23 +45,19 @@ from model_runtime.train.diffusion import (
     guided_velocity,
     schedule_sigmas,
 )
-from model_runtime.train.text_features import TextFeaturizer, TextRequest
+from model_runtime.train.text_features import TextRequest
 
 ARMS = ("edit", "edit_zero_cond", "edit_no_vision", "edit_no_vision_zero_cond", "caption", "caption_src")
 
 
 def load(folder: Path) -> NanoModels:
-    """A model folder's UNet, VLM and VAE in float32 with the folder's text stage."""
-    from diffusers import AutoencoderTiny, DreamLiteUNetModel
-    from transformers import Qwen3VLForConditionalGeneration
-
+    """A model folder's UNet, VLM and VAE in float32 (eval mode) with the folder's text stage."""
+    parts = load_shipped(folder)
     return NanoModels(
-        text_encoder=Qwen3VLForConditionalGeneration.from_pretrained(str(folder / "text_encoder"))
-        .float()
-        .eval(),
-        unet=DreamLiteUNetModel.from_pretrained(str(folder / "unet")).float().eval(),
-        vae=AutoencoderTiny.from_pretrained(str(folder / "vae")).float().eval(),
-        featurizer=TextFeaturizer.for_folder(folder),
+        text_encoder=parts.text_encoder.eval(),
+        unet=parts.unet.eval(),
+        vae=parts.vae,
+        featurizer=parts.featurizer,
         scheduler_config=configs.scheduler_config(),
     )
 
