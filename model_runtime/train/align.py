@@ -108,6 +108,7 @@ class AlignStage:
         self.cache = LatentCache(models.vae)
         models.unet.eval().requires_grad_(False)
         self.reference = copy.deepcopy(models.text_encoder).eval().requires_grad_(False)
+        models.text_encoder.requires_grad_(True)  # the stage's only learner, whatever a caller froze before
         self.opt = torch.optim.AdamW(
             models.text_encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99)
         )

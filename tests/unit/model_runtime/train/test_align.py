@@ -109,6 +109,17 @@ def test_steps_lower_the_gap_train_only_the_encoder_and_resume(early_run: Recipe
     assert again.heldout_gap(fixed) == pytest.approx(stage.heldout_gap(fixed), rel=1e-6)
 
 
+def test_an_encoder_frozen_by_an_earlier_stage_still_learns(early_run: Recipe) -> None:
+    # The recipe benchmark shares one set of models across stages; distillation freezes the encoder.
+    models = early_run.models()
+    models.text_encoder.requires_grad_(False)
+    stage = AlignStage(models, AlignConfig(batch=4, warmup=1, caption_share=0.0), total=4, seed=3)
+    before = {k: v.clone() for k, v in models.text_encoder.state_dict().items()}
+    stage.step(0)
+    assert any(not torch.equal(v, models.text_encoder.state_dict()[k]) for k, v in before.items())
+    assert not any(p.requires_grad for p in stage.reference.parameters())
+
+
 def test_the_edit_stage_starts_from_the_align_stage_s_encoder(tmp_path: Path, early_run: Recipe) -> None:
     for name in EARLY:
         src = early_run.run_dir / name
