@@ -36,6 +36,26 @@ def load_shipped(folder: Path | None = None) -> Shipped:
     return Shipped(vae, text_encoder, unet, TextFeaturizer.for_folder(folder))
 
 
+def write_like(start: Path, out: Path, text_encoder: Any, unet: Any, vae: Any) -> None:
+    """Write fine-tuned components as a model folder (float16, as shipped) with ``start``'s tokenizer and
+    ``drop_idx``, so ``dreamlite eval shapes --model out`` serves it like the folder it came from."""
+    from tokenizers import Tokenizer
+
+    from model_runtime.train import configs
+    from model_runtime.train.writer import write_folder
+
+    info = json.loads((start / "dreamlite.json").read_text(encoding="utf-8"))
+    write_folder(
+        out,
+        sizes=configs.NanoSizes(),
+        tokenizer=Tokenizer.from_file(str(start / "tokenizer" / "tokenizer.json")),
+        text_encoder=text_encoder,
+        unet=unet,
+        vae=vae,
+        drop=dict(info["drop_idx"]),
+    )
+
+
 def held_out_edits(per_kind: int) -> list[Any]:
     """The first ``per_kind`` held-out ShapesEval edits of every kind, kind by kind."""
     from model_runtime.train import shapes_eval

@@ -17,13 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-from _nano_probe import repo_path
+from _nano_probe import repo_path, write_like
 from nano_edit_mode_probe import load
 
 from model_runtime.assets import default_model_dir
-from model_runtime.train import configs
 from model_runtime.train.refl import ReflConfig, ReflStage
-from model_runtime.train.writer import write_folder
 
 
 def main() -> None:
@@ -52,18 +50,7 @@ def main() -> None:
             log.append(row)
             print(json.dumps(row), flush=True)
     stage.apply_ema()
-    from tokenizers import Tokenizer
-
-    info = json.loads((folder / "dreamlite.json").read_text())
-    write_folder(
-        args.out,
-        sizes=configs.NanoSizes(),
-        tokenizer=Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json")),
-        text_encoder=models.text_encoder,
-        unet=models.unet,
-        vae=models.vae,
-        drop=dict(info["drop_idx"]),
-    )
+    write_like(folder, args.out, models.text_encoder, models.unet, models.vae)
     report = {
         "start": repo_path(folder),
         "config": {**vars(args), "model": repo_path(folder), "out": repo_path(args.out)},

@@ -32,15 +32,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from _nano_probe import repo_path
+from _nano_probe import repo_path, write_like
 from nano_edit_mode_probe import load
 
 from model_runtime.assets import default_model_dir
-from model_runtime.train import configs, shapes_eval, world
+from model_runtime.train import shapes_eval, world
 from model_runtime.train.distill import frozen_copy
 from model_runtime.train.loop import cosine_lr
 from model_runtime.train.text_features import TextFeaturizer, TextRequest
-from model_runtime.train.writer import write_folder
 
 KINDS = ("colour", "shape", "move", "add")
 POSITION_TOKENS = tuple("Ġ" + p for p in world.POSITIONS)
@@ -206,16 +205,7 @@ def main() -> None:
     report["log"] = log
     report["held_out_token_error_after"] = held_error()
     print("held-out token error after", report["held_out_token_error_after"], flush=True)
-    info = json.loads((folder / "dreamlite.json").read_text())
-    write_folder(
-        args.out,
-        sizes=configs.NanoSizes(),
-        tokenizer=tok,
-        text_encoder=live.eval(),
-        unet=models.unet,
-        vae=models.vae,
-        drop=dict(info["drop_idx"]),
-    )
+    write_like(folder, args.out, live.eval(), models.unet, models.vae)
     (args.out / "token_probe.json").write_text(json.dumps(report, indent=1) + "\n")
 
 

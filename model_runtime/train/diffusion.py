@@ -535,7 +535,26 @@ def conditions(
     """Text features (and unconditional ones when ``guided``) and condition latents of a batch."""
     B = len(examples)
     text, mask = encode_texts(models, examples, [False] * B)
-    cond = torch.zeros((B, 4, LATENT, LATENT))
+    c = Conditions(
+        is_edit=torch.tensor([e.task == "edit" for e in examples]),
+        text=text,
+        mask=mask,
+        cond=condition_latents(models, examples, cache),
+    )
+    if guided:
+        c.text_u, c.mask_u = encode_texts(models, examples, [True] * B)
+    return c
+
+
+@torch.no_grad()
+def condition_latents(
+    models: NanoModels, examples: Sequence[Example], cache: LatentCache | None = None
+) -> torch.Tensor:
+    """In-context condition latents of a batch.
+
+    The edit sources' latents (through ``cache`` if given), zeros for generate rows. ``(B, 4, h, w)``.
+    """
+    cond = torch.zeros((len(examples), 4, LATENT, LATENT))
     edit_rows = [i for i, e in enumerate(examples) if e.task == "edit"]
     if edit_rows:
         sources = [examples[i].source for i in edit_rows]
@@ -543,12 +562,7 @@ def conditions(
             cond[edit_rows] = encode_images(models.vae, sources)  # type: ignore[arg-type]
         else:
             cond[edit_rows] = cache(sources, [examples[i].source_key for i in edit_rows])  # type: ignore[arg-type]
-    c = Conditions(
-        is_edit=torch.tensor([e.task == "edit" for e in examples]), text=text, mask=mask, cond=cond
-    )
-    if guided:
-        c.text_u, c.mask_u = encode_texts(models, examples, [True] * B)
-    return c
+    return cond
 
 
 def guided_velocity(

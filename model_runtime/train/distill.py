@@ -64,6 +64,25 @@ def _subset(c: Conditions, idx: torch.Tensor) -> Conditions:
     )
 
 
+@torch.no_grad()
+def student_states(
+    unet: Any, sigmas: torch.Tensor, noise: torch.Tensor, c: Conditions, j: torch.Tensor
+) -> torch.Tensor:
+    """The states the student meets when served.
+
+    Row b takes ``j[b]`` of its own unguided Euler steps on ``sigmas`` from ``noise`` (the UNet is put in
+    eval mode). ``(B, 4, h, w)``.
+    """
+    student = unet.eval()
+    x = noise.clone()  # (B, 4, h, w)
+    for k in range(int(j.max())):
+        rows = torch.nonzero(j > k).flatten()
+        sigma = sigmas[k].expand(rows.numel())
+        v = guided_velocity(student, x[rows], sigma, _subset(c, rows), None)
+        x[rows] = x[rows] + (sigmas[k + 1] - sigmas[k]) * v
+    return x
+
+
 class DistillStage:
     """Trajectory distillation of the guided teacher into the 4-step student.
 
@@ -99,13 +118,7 @@ class DistillStage:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """States x at s_j reached by the student, and the teacher's velocity targets from there."""
         s, t = self.s_sig, self.t_sig
-        student = self.m.unet.eval()
-        x = noise.clone()  # (B, 4, h, w)
-        for k in range(int(j.max())):
-            rows = torch.nonzero(j > k).flatten()
-            sigma = s[k].expand(rows.numel())
-            v = guided_velocity(student, x[rows], sigma, _subset(c, rows), None)
-            x[rows] = x[rows] + (s[k + 1] - s[k]) * v
+        x = student_states(self.m.unet, s, noise, c, j)  # (B, 4, h, w)
         xt = x.clone()
         for sub in range(self.ratio):
             kt = j * self.ratio + sub  # (B,) teacher step index per row

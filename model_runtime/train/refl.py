@@ -26,14 +26,17 @@ import torch
 
 from model_runtime.train.diffusion import (
     LATENT,
+    Conditions,
     LatentCache,
     NanoModels,
+    condition_latents,
     draw_examples,
     encode_texts,
     object_weights,
     schedule_sigmas,
     unet_velocity,
 )
+from model_runtime.train.distill import student_states
 from model_runtime.train.loop import cosine_lr
 from model_runtime.train.models import Ema
 
@@ -81,20 +84,6 @@ class ReflStage:
         self.ema_text = Ema(models.text_encoder.parameters(), cfg.ema_decay) if self.train_text else None
         self.cache = LatentCache(models.vae)
 
-    @torch.no_grad()
-    def _walk(
-        self, x: torch.Tensor, cond: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, j: torch.Tensor
-    ) -> torch.Tensor:
-        """The student's own states at s_j (row-wise ``j`` steps from ``x``). ``(B, 4, h, w)``."""
-        self.m.unet.eval()
-        x = x.clone()
-        for k in range(int(j.max())):
-            rows = torch.nonzero(j > k).flatten()
-            sigma = self.sig[k].expand(rows.numel())
-            v = unet_velocity(self.m.unet, x[rows], cond[rows], sigma, text[rows], mask[rows])
-            x[rows] = x[rows] + (self.sig[k + 1] - self.sig[k]) * v
-        return x
-
     def step(self, i: int) -> dict[str, float]:
         """One optimisation step."""
         cfg, m = self.cfg, self.m
@@ -102,20 +91,16 @@ class ReflStage:
         examples = draw_examples(rng, cfg.batch, cfg.edit_share, cfg.pool, self.seed)
         B = len(examples)
         x0 = self.cache([e.target for e in examples], [e.target_key for e in examples])  # type: ignore[misc]
-        cond = torch.zeros_like(x0)  # (B, 4, h, w)
-        edit_rows = [k for k, e in enumerate(examples) if e.task == "edit"]
-        if edit_rows:
-            cond[edit_rows] = self.cache(
-                [examples[k].source for k in edit_rows],  # type: ignore[misc]
-                [examples[k].source_key for k in edit_rows],
-            )
+        cond = condition_latents(m, examples, self.cache)  # (B, 4, h, w)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         noise = torch.randn((B, 4, LATENT, LATENT), generator=gen)  # (B, 4, h, w)
         j = torch.arange(B) % cfg.student_steps  # (B,) every student step in every batch
         m.text_encoder.train(self.train_text)
         with torch.set_grad_enabled(self.train_text):
             text, mask = encode_texts(m, examples, [False] * B)  # (B, L, D), (B, L)
-        x = self._walk(noise, cond, text.detach(), mask, j)  # (B, 4, h, w) on-policy states
+        is_edit = torch.tensor([e.task == "edit" for e in examples])  # (B,)
+        c = Conditions(is_edit=is_edit, text=text.detach(), mask=mask, cond=cond)
+        x = student_states(m.unet, self.sig, noise, c, j)  # (B, 4, h, w) on-policy states
         for group, peak in zip(self.opt.param_groups, self.peaks, strict=True):
             group["lr"] = cosine_lr(i, self.total, peak, cfg.warmup, floor=0.2)
         m.unet.train()
@@ -133,7 +118,6 @@ class ReflStage:
         self.ema_unet.update()
         if self.ema_text is not None:
             self.ema_text.update()
-        is_edit = torch.tensor([e.task == "edit" for e in examples])
         out = {"loss": float(loss.detach())}
         if bool(is_edit.any()):
             out["edit"] = float(per_row[is_edit].mean())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model_runtime.train import diffusion
+from model_runtime.train.distill import student_states
 from model_runtime.train.recipe import Recipe, RecipeConfig
 from model_runtime.train.refl import ReflConfig, ReflStage
 
@@ -36,7 +37,7 @@ def test_the_walk_is_the_student_s_own_euler_steps(run: Recipe) -> None:
         (4, 4, diffusion.LATENT, diffusion.LATENT), generator=torch.Generator().manual_seed(0)
     )
     j = torch.tensor([0, 1, 2, 3])
-    walked = stage._walk(noise, c.cond, c.text, c.mask, j)  # (4, 4, h, w)
+    walked = student_states(m.unet, stage.sig, noise, c, j)  # (4, 4, h, w)
     sig = diffusion.schedule_sigmas(m, 4)
     for row in range(4):
         x = noise[row : row + 1].clone()
