@@ -72,11 +72,14 @@ def draw(
     src: NDArray[np.uint8] | None,
     hide_vision: bool = False,
     hide_rows: Callable[[int], torch.Tensor] | None = None,
+    text: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> NDArray[np.uint8]:
     """Unguided Euler samples; ``zero`` empties the condition half; ``src`` overrides it; ``hide_vision``
-    masks the image tokens out of the features, ``hide_rows(L)`` (``(B, L)`` bool) any rows.
-    ``(B, 128, 128, 3)``."""
+    masks the image tokens out of the features, ``hide_rows(L)`` (``(B, L)`` bool) any rows; ``text``
+    (``(B, L, D)`` features, ``(B, L)`` mask) replaces the examples' own features. ``(B, 128, 128, 3)``."""
     c = conditions(models, examples, False)
+    if text is not None:
+        c.text, c.mask = text
     if hide_vision:
         c.mask = c.mask * ~vision_rows(models, examples, c.mask.shape[1])
     if hide_rows is not None:

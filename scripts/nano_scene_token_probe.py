@@ -36,17 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 from _nano_probe import record_arm, repo_path, score_edits, write_like, write_report
-from nano_edit_mode_probe import load
+from nano_edit_mode_probe import draw, load
 
 from model_runtime.assets import default_model_dir
 from model_runtime.train import shapes_eval, world
 from model_runtime.train.diffusion import (
-    LATENT,
     Example,
     NanoModels,
-    conditions,
-    guided_velocity,
-    schedule_sigmas,
 )
 from model_runtime.train.distill import frozen_copy
 from model_runtime.train.loop import cosine_lr
@@ -124,27 +120,17 @@ def edit_lengths(fz: TextFeaturizer, edits: list[world.Edit]) -> list[int]:
     return [len(fz.kept_ids(TextRequest("edit", e.instruction, blank))) for e in edits]
 
 
-@torch.no_grad()
 def sample(models: NanoModels, edits: list[world.Edit], text: torch.Tensor | None, seeds: list[int]) -> Any:
     """4-step unguided student samples of edits, with the source latent, from ``text`` features (None:
     the edit request's own). ``(B, 128, 128, 3)`` uint8."""
     ex = [Example("edit", e.instruction, None, world.render(e.source)) for e in edits]
-    c = conditions(models, ex, False)
+    feats = None
     if text is not None:
-        c.text = text
-        c.mask = torch.zeros(text.shape[:2], dtype=c.mask.dtype)
+        mask = torch.zeros(text.shape[:2], dtype=torch.int64)  # (B, L) 1 = real row
         for b, n in enumerate(edit_lengths(models.featurizer, edits)):
-            c.mask[b, :n] = 1
-    sig = schedule_sigmas(models, 4)
-    x = torch.cat(
-        [torch.randn((1, 4, LATENT, LATENT), generator=torch.Generator().manual_seed(s)) for s in seeds]
-    )  # (B, 4, h, w)
-    for k in range(4):
-        v = guided_velocity(models.unet, x, sig[k].expand(x.shape[0]), c, None)  # (B, 4, h, w)
-        x = x + (sig[k + 1] - sig[k]) * v
-    y = models.vae.decode(x).sample  # (B, 3, H, W)
-    y = ((y / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return np.asarray(y.permute(0, 2, 3, 1).numpy(), dtype=np.uint8)
+            mask[b, :n] = 1
+        feats = (text, mask)
+    return draw(models, ex, seeds, 4, False, None, text=feats)
 
 
 ORACLE_ARMS = ("edit", "scene_tokens", "scene_tokens_keep_image", "scene_tokens_keep_all")
@@ -247,6 +233,8 @@ def main() -> None:
     targets = SceneTargets(fz, fz.tokenizer_file, args.bg_word, args.objects)
     report: dict[str, Any] = {"config": {**vars(args), "model": repo_path(folder)}, "arms": {}}
     if args.diagnose is not None:
+        report["config"]["diagnose"] = repo_path(args.diagnose)
+        report["config"]["out"] = None if args.out is None else repo_path(args.out)
         report["rows"] = diagnose(models, targets, args.diagnose)
         print(json.dumps(report["rows"]), flush=True)
         if args.out is not None:
