@@ -56,6 +56,30 @@ def write_like(start: Path, out: Path, text_encoder: Any, unet: Any, vae: Any) -
     )
 
 
+def optimizer_step(opt: Any, params: Any, loss: Any, i: int, steps: int, lr: float) -> None:
+    """One step of a probe's fine-tune: cosine learning rate (10 warm-up steps), backward, clip at 1, step."""
+    import torch
+
+    from model_runtime.train.loop import cosine_lr
+
+    for g in opt.param_groups:
+        g["lr"] = cosine_lr(i, steps, lr, 10)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def log_step(log: list[dict[str, Any]], i: int, steps: int, t0: float, **values: float) -> None:
+    """Every 20th and the last step: append ``values`` (and the seconds since ``t0``) to ``log`` and print."""
+    import time
+
+    if i % 20 == 0 or i == steps - 1:
+        row = {"step": i, "seconds": round(time.perf_counter() - t0, 1), **values}
+        log.append(row)
+        print(json.dumps(row), flush=True)
+
+
 def held_out_edits(per_kind: int) -> list[Any]:
     """The first ``per_kind`` held-out ShapesEval edits of every kind, kind by kind."""
     from model_runtime.train import shapes_eval

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _nano_probe import repo_path, write_like
+from _nano_probe import log_step, optimizer_step, repo_path, write_like
 from nano_edit_mode_probe import load
 
 from model_runtime.assets import default_model_dir
@@ -37,7 +37,6 @@ from model_runtime.train.diffusion import (
     unet_velocity,
 )
 from model_runtime.train.distill import frozen_copy, student_states
-from model_runtime.train.loop import cosine_lr
 
 
 def main() -> None:
@@ -66,9 +65,11 @@ def main() -> None:
         edits = [world.train_edit(rng) for _ in range(args.batch - n_gen)]
         scenes = [e.target for e in edits] + [world.train_scene(rng) for _ in range(n_gen)]
         # rows: the edit requests, then their targets' captions (teacher), then generate rows
-        req = [Example("edit", e.instruction, None, world.render(e.source)) for e in edits]
-        req += [Example("generate", s.caption(), world.render(s)) for s in scenes[len(edits) :]]
-        cap = [Example("generate", s.caption(), world.render(s)) for s in scenes]
+        sources = [world.render(e.source) for e in edits]
+        targets = [world.render(s) for s in scenes]
+        req = [Example("edit", e.instruction, None, src) for e, src in zip(edits, sources, strict=True)]
+        req += [Example("generate", s.caption(), None) for s in scenes[len(edits) :]]
+        cap = [Example("generate", s.caption(), None) for s in scenes]
         with torch.no_grad():
             text, mask = encode_texts(models, req, [False] * len(req))  # (B, L, D)
             ctext, cmask = encode_texts(models, cap, [False] * len(cap))  # (B, Lc, D)
@@ -86,26 +87,20 @@ def main() -> None:
         unet.train()
         v = unet_velocity(unet, x, c.cond, s, c.text, c.mask)  # (B, 4, h, w)
         w = object_weights(
-            [Example("edit", "", world.render(t), r.source) for t, r in zip(scenes, req, strict=True)],
+            [Example("edit", "", t, r.source) for t, r in zip(targets, req, strict=True)],
             args.object_weight,
         )  # (B, 1, h, w)
         per_row = (w * (v - want) ** 2).mean(dim=(1, 2, 3))  # (B,)
         loss = per_row.mean()
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(i, args.steps, args.lr, 10)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        if i % 20 == 0 or i == args.steps - 1:
-            row = {
-                "step": i,
-                "seconds": round(time.perf_counter() - t0, 1),
-                "edit": float(per_row[: len(edits)].mean()),
-                "generate": float(per_row[len(edits) :].mean()),
-            }
-            log.append(row)
-            print(json.dumps(row), flush=True)
+        optimizer_step(opt, unet.parameters(), loss, i, args.steps, args.lr)
+        log_step(
+            log,
+            i,
+            args.steps,
+            t0,
+            edit=float(per_row[: len(edits)].mean()),
+            generate=float(per_row[len(edits) :].mean()),
+        )
     write_like(folder, args.out, models.text_encoder, unet.eval(), models.vae)
     report = {"config": {**vars(args), "model": repo_path(folder), "out": repo_path(args.out)}, "log": log}
     (args.out / "caption_teacher_probe.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _nano_probe import record_arm, repo_path, score_edits, write_like, write_report
+from _nano_probe import log_step, optimizer_step, record_arm, repo_path, score_edits, write_like, write_report
 from nano_edit_mode_probe import draw, load
 
 from model_runtime.assets import default_model_dir
@@ -45,7 +45,6 @@ from model_runtime.train.diffusion import (
     NanoModels,
 )
 from model_runtime.train.distill import frozen_copy
-from model_runtime.train.loop import cosine_lr
 from model_runtime.train.text_features import TextFeaturizer, TextRequest
 
 SCENE_ROWS = len(world.POSITIONS) + 1  # one row per slot, one for the background
@@ -300,22 +299,16 @@ def main() -> None:
         gf, _ = fz(live, greq)
         gkeep = (row_error(gf, gf0) * gm).sum() / gm.sum()
         loss = loss_edit + args.keep * gkeep
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(i, args.steps, args.lr, 10)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(live.parameters(), 1.0)
-        opt.step()
-        if i % 20 == 0 or i == args.steps - 1:
-            row = {
-                "step": i,
-                "seconds": round(time.perf_counter() - t0, 1),
-                "scene": float(err_scene),
-                "neutral": float(err_neutral),
-                "keep_caption": float(gkeep),
-            }
-            log.append(row)
-            print(json.dumps(row), flush=True)
+        optimizer_step(opt, live.parameters(), loss, i, args.steps, args.lr)
+        log_step(
+            log,
+            i,
+            args.steps,
+            t0,
+            scene=float(err_scene),
+            neutral=float(err_neutral),
+            keep_caption=float(gkeep),
+        )
     report["log"] = log
     report["held_out_error_after"] = held_error()
     print("held-out error after", report["held_out_error_after"], flush=True)

@@ -32,13 +32,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from _nano_probe import repo_path, write_like
+from _nano_probe import log_step, optimizer_step, repo_path, write_like
 from nano_edit_mode_probe import load
 
 from model_runtime.assets import default_model_dir
 from model_runtime.train import shapes_eval, world
 from model_runtime.train.distill import frozen_copy
-from model_runtime.train.loop import cosine_lr
 from model_runtime.train.text_features import TextFeaturizer, TextRequest
 
 KINDS = ("colour", "shape", "move", "add")
@@ -186,22 +185,8 @@ def main() -> None:
         keep = (((ef - ef0) ** 2).sum(-1) * other).sum() / other.sum() / scale
         gkeep = (((gf - gf0) ** 2).sum(-1) * gm).sum() / gm.sum() / scale
         loss = move + args.keep * (keep + gkeep)
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(i, args.steps, args.lr, 10)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(live.parameters(), 1.0)
-        opt.step()
-        if i % 20 == 0 or i == args.steps - 1:
-            row = {
-                "step": i,
-                "seconds": round(time.perf_counter() - t0, 1),
-                "token": float(move),
-                "keep_edit": float(keep),
-                "keep_caption": float(gkeep),
-            }
-            log.append(row)
-            print(json.dumps(row), flush=True)
+        optimizer_step(opt, live.parameters(), loss, i, args.steps, args.lr)
+        log_step(log, i, args.steps, t0, token=float(move), keep_edit=float(keep), keep_caption=float(gkeep))
     report["log"] = log
     report["held_out_token_error_after"] = held_error()
     print("held-out token error after", report["held_out_token_error_after"], flush=True)
