@@ -11,8 +11,15 @@ from pathlib import Path
 
 ROWS = (
     ("VAE ceiling (expected renders through the VAE)", "vae-ceiling.json"),
-    ("teacher, 28 steps, guided, float32", "teacher-28step-float32.json"),
-    ("teacher, 28 steps, guided, bfloat16", "teacher-28step-bfloat16.json"),
+    (
+        "teacher (joint EMA, its encoder before `scene`), 28 steps, guided, float32",
+        "teacher-28step-float32.json",
+    ),
+    (
+        "teacher (joint EMA, its encoder before `scene`), 28 steps, guided, bfloat16",
+        "teacher-28step-bfloat16.json",
+    ),
+    ("student before `scene` (`run5/`), 4 steps, float32", "run5/student-4step-float32.json"),
     ("student (shipped), 4 steps, float32", "student-4step-float32.json"),
     ("student (shipped), 4 steps, bfloat16", "student-4step-bfloat16.json"),
     ("student, 4 steps, ONNX bundle fp32 (CPU EP)", "student-4step-onnx-fp32.json"),

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _nano_probe import log_step, optimizer_step, record_arm, repo_path, score_edits, write_like, write_report
+from _nano_probe import log_step, record_arm, repo_path, score_edits, write_like, write_report
 from nano_edit_mode_probe import draw, load
 
 from model_runtime.assets import default_model_dir
@@ -44,79 +44,15 @@ from model_runtime.train.diffusion import (
     Example,
     NanoModels,
 )
-from model_runtime.train.distill import frozen_copy
-from model_runtime.train.text_features import TextFeaturizer, TextRequest
-
-SCENE_ROWS = len(world.POSITIONS) + 1  # one row per slot, one for the background
-
-
-class SceneTargets:
-    """Caption-language target states of an edit request's features, from a frozen encoder."""
-
-    def __init__(
-        self, fz: TextFeaturizer, tokenizer_file: Path, bg_word: str = "colour", objects: str = "caption"
-    ) -> None:
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(tokenizer_file))
-        self.fz = fz
-        self.pos_ids = {tok.token_to_id("Ġ" + p): p for p in world.POSITIONS}
-        self.bg_ids = {tok.token_to_id("Ġ" + b) for b in world.BACKGROUND_NAMES}
-        self.background_id = tok.token_to_id("Ġbackground")
-        self.bg_word = bg_word
-        self.objects = objects
-        self._one: dict[world.ShapeObject, torch.Tensor] = {}
-
-    def caption_rows(self, scene: world.Scene) -> tuple[str, list[int | None], int]:
-        """The scene's caption (slot order), the row of each slot's position word (None: empty slot) and
-        the row of the background word."""
-        caption = scene.caption()
-        ids = self.fz.kept_ids(TextRequest("generate", caption))
-        rows: list[int | None] = [None] * len(world.POSITIONS)
-        for k, t in enumerate(ids):
-            if t in self.pos_ids:
-                rows[world.POSITIONS.index(self.pos_ids[t])] = k  # type: ignore[arg-type]
-        if self.bg_word == "colour":
-            bg = max(k for k, t in enumerate(ids) if t in self.bg_ids)
-        else:
-            bg = max(k for k, t in enumerate(ids) if t == self.background_id)
-        return caption, rows, bg
-
-    @torch.no_grad()
-    def __call__(self, ref: Any, edits: list[world.Edit], lengths: list[int], width: int) -> torch.Tensor:
-        """``(B, width, D)`` target features of edit requests whose kept rows number ``lengths``."""
-        capts = [self.caption_rows(e.target) for e in edits]
-        feats, _ = self.fz(ref, [TextRequest("generate", c) for c, _, _ in capts])  # (B, Lc, D)
-        neutral = feats[0, 0]  # (D,) the constant first kept token of every caption
-        out = neutral.expand(len(edits), width, feats.shape[-1]).clone()  # (B, W, D)
-        for b, ((_, rows, bg), n) in enumerate(zip(capts, lengths, strict=True)):
-            for j, r in enumerate(rows):
-                if r is not None:
-                    out[b, n - SCENE_ROWS + j] = feats[b, r]
-            out[b, n - 1] = feats[b, bg]
-        if self.objects == "one":
-            for b, (e, n) in enumerate(zip(edits, lengths, strict=True)):
-                for o in e.target.objects:
-                    out[b, n - SCENE_ROWS + world.POSITIONS.index(o.position)] = self.one_object(ref, o)
-        return out
-
-    @torch.no_grad()
-    def one_object(self, ref: Any, o: world.ShapeObject) -> torch.Tensor:
-        """``(D,)`` the position word's state in the object's own caption (it sees only the object's
-        phrase, so it is the same in every scene); cached per object (the encoder is frozen)."""
-        if o not in self._one:
-            caption = f"{o.phrase()} on a white background"
-            ids = self.fz.kept_ids(TextRequest("generate", caption))
-            row = next(k for k, t in enumerate(ids) if t in self.pos_ids)
-            feats, _ = self.fz(ref, [TextRequest("generate", caption)])  # (1, L, D)
-            self._one[o] = feats[0, row]
-        return self._one[o]
-
-
-def edit_lengths(fz: TextFeaturizer, edits: list[world.Edit]) -> list[int]:
-    """Kept rows of each edit request."""
-    blank = np.zeros((8, 8, 3), np.uint8)
-    return [len(fz.kept_ids(TextRequest("edit", e.instruction, blank))) for e in edits]
+from model_runtime.train.scene import (
+    SCENE_ROWS,
+    SceneConfig,
+    SceneStage,
+    SceneTargets,
+    edit_lengths,
+    edit_requests,
+)
+from model_runtime.train.text_features import TextRequest
 
 
 def sample(models: NanoModels, edits: list[world.Edit], text: torch.Tensor | None, seeds: list[int]) -> Any:
@@ -153,7 +89,7 @@ def oracle(models: NanoModels, targets: SceneTargets, seeds: int, report: dict[s
             text = None
             if arm != "edit":
                 n = edit_lengths(fz, edits)
-                text = targets(models.text_encoder, edits, n, max(n))  # (B, L, D)
+                text = targets(models.text_encoder, [e.target for e in edits], n, max(n))  # (B, L, D)
             if arm in ("scene_tokens_keep_image", "scene_tokens_keep_all"):
                 with torch.no_grad():
                     own, _ = fz(
@@ -188,8 +124,8 @@ def diagnose(start: NanoModels, targets: SceneTargets, trained: Path) -> dict[st
     for k in range(0, len(held), 48):
         edits = held[k : k + 48]
         n = edit_lengths(fz, edits)
-        feats, _ = fz(live, [TextRequest("edit", e.instruction, world.render(e.source)) for e in edits])
-        want = targets(start.text_encoder, edits, n, feats.shape[1])  # (B, L, D)
+        feats, _ = fz(live, edit_requests(edits))
+        want = targets(start.text_encoder, [e.target for e in edits], n, feats.shape[1])  # (B, L, D)
         a, b = proj(feats), proj(want)  # (B, L, D) each, as the UNet sees them
         err = ((a - b) ** 2).sum(-1) / (b**2).sum(-1)  # (B, L)
         for i, (e, m) in enumerate(zip(edits, n, strict=True)):
@@ -222,6 +158,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--keep", type=float, default=1.0, help="weight of the caption features' anchor")
     ap.add_argument("--neutral", type=float, default=1.0, help="weight of the neutral rows' error")
+    ap.add_argument(
+        "--changed-scale",
+        type=float,
+        default=0.0,
+        help="weight changed rows by scale / distance (SceneConfig)",
+    )
     ap.add_argument("--seed", type=int, default=500, help="data seed (another one for a continued run)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -229,7 +171,7 @@ def main() -> None:
     folder = args.model or default_model_dir()
     models = load(folder)
     fz = models.featurizer
-    targets = SceneTargets(fz, fz.tokenizer_file, args.bg_word, args.objects)
+    targets = SceneTargets(fz, args.bg_word, args.objects)
     report: dict[str, Any] = {"config": {**vars(args), "model": repo_path(folder)}, "arms": {}}
     if args.diagnose is not None:
         report["config"]["diagnose"] = repo_path(args.diagnose)
@@ -248,70 +190,31 @@ def main() -> None:
     if args.out is None:
         ap.error("--out is required unless --oracle")
     report["config"]["out"] = repo_path(args.out)
-    live = models.text_encoder.train().requires_grad_(True)
-    ref = frozen_copy(live)
-    opt = torch.optim.AdamW(live.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    # the recipe's ``scene`` stage with the probe's settings (8 caption rows a step, 10 warm-up steps)
+    cfg = SceneConfig(
+        args.batch, args.batch // 4, args.lr, 10, args.keep, args.neutral, changed_scale=args.changed_scale
+    )
+    stage = SceneStage(models.text_encoder, models.unet, fz, cfg, args.steps, args.seed, targets)
     held = [it.edit for it in shapes_eval.edit_items("heldout")]
-
-    proj = models.unet.encoder_hid_proj.requires_grad_(False)  # the UNet's view: Linear, then RMSNorm
-
-    def row_error(live_feats: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` squared error of rows as the UNet sees them, relative to the target's."""
-        a, b = proj(live_feats), proj(want)  # (B, L, D) each
-        return ((a - b) ** 2).sum(-1) / (b**2).sum(-1)
-
-    def edit_error(enc: Any, edits: list[world.Edit]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean error of the scene rows and of the neutral rows."""
-        n = edit_lengths(fz, edits)
-        feats, mask = fz(enc, [TextRequest("edit", e.instruction, world.render(e.source)) for e in edits])
-        want = targets(ref, edits, n, feats.shape[1])  # (B, L, D)
-        m = mask.float()
-        per_row = row_error(feats, want)  # (B, L)
-        scene = torch.zeros_like(m)
-        for b, k in enumerate(n):
-            scene[b, k - SCENE_ROWS : k] = 1.0
-        neutral = m * (1 - scene)
-        return (per_row * scene).sum() / scene.sum(), (per_row * neutral).sum() / neutral.sum()
-
-    @torch.no_grad()
-    def held_error() -> dict[str, float]:
-        live.eval()
-        parts = [edit_error(live, held[k : k + 48]) for k in range(0, len(held), 48)]
-        live.train()
-        return {
-            "scene": float(np.mean([float(s) for s, _ in parts])),
-            "neutral": float(np.mean([float(u) for _, u in parts])),
-        }
-
-    report["held_out_error_before"] = held_error()
+    report["held_out_error_before"] = stage.heldout_error(held, [])
     print("held-out error before", report["held_out_error_before"], flush=True)
-    log = []
+    log: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for i in range(args.steps):
-        rng = np.random.default_rng([args.seed, i])
-        edits = [world.train_edit(rng) for _ in range(args.batch)]
-        scenes = [world.train_scene(rng) for _ in range(args.batch // 4)]
-        err_scene, err_neutral = edit_error(live, edits)
-        loss_edit = err_scene + args.neutral * err_neutral
-        greq = [TextRequest("generate", s.caption()) for s in scenes]
-        with torch.no_grad():
-            gf0, gm = fz(ref, greq)
-        gf, _ = fz(live, greq)
-        gkeep = (row_error(gf, gf0) * gm).sum() / gm.sum()
-        loss = loss_edit + args.keep * gkeep
-        optimizer_step(opt, live.parameters(), loss, i, args.steps, args.lr)
+        losses = stage.step(i)
         log_step(
             log,
             i,
             args.steps,
             t0,
-            scene=float(err_scene),
-            neutral=float(err_neutral),
-            keep_caption=float(gkeep),
+            scene=losses["scene"],
+            neutral=losses["neutral"],
+            keep_caption=losses["caption_drift"],
         )
     report["log"] = log
-    report["held_out_error_after"] = held_error()
+    report["held_out_error_after"] = stage.heldout_error(held, [])
     print("held-out error after", report["held_out_error_after"], flush=True)
+    live = models.text_encoder
     write_like(folder, args.out, live.eval(), models.unet, models.vae)
     (args.out / "scene_token_probe.json").write_text(json.dumps(report, indent=1) + "\n")
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -72,6 +73,25 @@ class NanoModels:
     def mu(self) -> float:
         """The dynamic-shift mu at the world's size."""
         return shift_mu(self.scheduler_config, SIZE, SIZE)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> NanoModels:
+        """A written model folder's UNet, VLM and VAE (frozen) in float32, eval mode, and its text stage."""
+        from diffusers import AutoencoderTiny, DreamLiteUNetModel
+        from transformers import Qwen3VLForConditionalGeneration
+
+        from model_runtime.train import configs
+
+        vae = AutoencoderTiny.from_pretrained(str(folder / "vae"))  # type: ignore[no-untyped-call]
+        encoder: Any = Qwen3VLForConditionalGeneration.from_pretrained(str(folder / "text_encoder"))
+        unet = DreamLiteUNetModel.from_pretrained(str(folder / "unet"))  # type: ignore[no-untyped-call]
+        return cls(
+            text_encoder=encoder.float().eval(),
+            unet=unet.float().eval(),
+            vae=vae.float().eval().requires_grad_(False),
+            featurizer=TextFeaturizer.for_folder(folder),
+            scheduler_config=configs.scheduler_config(),
+        )
 
 
 @dataclass(frozen=True, slots=True)

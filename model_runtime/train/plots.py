@@ -23,7 +23,7 @@ def plot_losses(log_path: Path, out: Path) -> None:
     fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 2.8), squeeze=False)
     for ax, (name, d) in zip(axes[0], stages, strict=True):
         for key, values in d["losses"].items():
-            if key in ("loss", "rec", "edge"):
+            if key in ("loss", "rec", "edge", "caption_drift"):
                 ax.plot(d["steps"], values, label=key, lw=1.2)
         ax.set_title(f"{name} ({d['seconds'] / 60:.1f} min)", fontsize=9)
         ax.set_xlabel("step", fontsize=8)

@@ -18,7 +18,11 @@ Stages (each reads what the previous ones left in the run folder):
 9. ``joint`` — unified joint training on both tasks; its EMA is the teacher, written as a guided
    ``base`` folder (``teacher/``, 28 steps).
 10. ``distill`` — on-policy trajectory distillation into the unguided 4-step student (:mod:`.distill`),
-    written as the ``mobile`` folder (``student/``) and copied to the output folder.
+    written as the ``mobile`` folder (``student/``).
+11. ``scene`` — the VLM (only) learns to say, at the closing tokens of an edit request, the whole edited
+    scene in the student's caption language (:mod:`.scene`); writes ``scene/student`` and, from
+    ``teacher/``, ``scene/teacher`` with the new encoder. The last stage's student folder (``scene/student``,
+    or ``student/`` when the recipe has no scene steps) is copied to the output folder.
 
 Every stage checkpoints to ``<run>/<stage>/ckpt.pt``; ``--resume`` continues an interrupted stage at the
 same step with the same data. The loss log of all stages is ``<run>/train_log.json``.
@@ -43,13 +47,14 @@ from model_runtime.train.diffusion import DiffusionConfig, DiffusionStage, NanoM
 from model_runtime.train.distill import DistillConfig, DistillStage, frozen_copy
 from model_runtime.train.loop import StageLog, run_stage, write_logs
 from model_runtime.train.models import Ema, build_text_encoder, build_unet, count_params
+from model_runtime.train.scene import SceneConfig, SceneStage
 from model_runtime.train.text_features import TextFeaturizer, TextRequest
 from model_runtime.train.text_pretrain import ReadItem, TextPretrainConfig, TextPretrainStage
 from model_runtime.train.writer import folder_bytes, write_folder
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("tokenizer", "vae", "text", "t2i", "read", "align", "copy", "edit", "joint", "distill")
+STAGES = ("tokenizer", "vae", "text", "t2i", "read", "align", "copy", "edit", "joint", "distill", "scene")
 DIFFUSION_SEEDS = {"t2i": 103, "edit": 105, "joint": 106, "copy": 110}
 """Data seed of each diffusion stage, added to the recipe's seed (fixed when ``copy`` joined the stages)."""
 
@@ -76,6 +81,8 @@ class RecipeConfig:
         t2i_steps / copy_steps / edit_steps / joint_steps: Their lengths (``copy_steps`` 0: no copy stage,
             the shipped recipe).
         distill: Distillation settings; ``distill_steps`` its length.
+        scene: The VLM's caption-language scene tokens for edits after distillation; ``scene_steps`` its
+            length (0: no such stage, as in recipes written before it).
         edit_image_features: Whether the edit features the UNet sees keep the VLM's image tokens (the
             official templates' drop; the shipped recipe). False: the folder's edit ``drop_idx`` also covers
             them, so the UNet reads only the instruction and closing tokens, which see image and instruction
@@ -110,6 +117,8 @@ class RecipeConfig:
     joint_steps: int = 900
     distill: DistillConfig = field(default_factory=DistillConfig)
     distill_steps: int = 100
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    scene_steps: int = 7000
     edit_image_features: bool = True
     seed: int = 0
 
@@ -143,6 +152,8 @@ class RecipeConfig:
             joint_steps=2,
             distill=DistillConfig(batch=4, warmup=1),
             distill_steps=2,
+            scene=SceneConfig(batch=4, captions=2, warmup=1),
+            scene_steps=2,
         )
 
     def vae_stage(self, vae: Any, **overrides: Any) -> vae_fit.VaeStage:
@@ -196,6 +207,9 @@ class RecipeConfig:
         d.setdefault("vae_leak", 0.0)  # absent from a recipe.json written before the leaky fuse
         d.setdefault("align_steps", 0)  # absent from a recipe.json written before the align stage existed
         d.setdefault("edit_image_features", True)  # absent from a recipe.json written before the choice
+        d.setdefault("scene_steps", 0)  # absent from a recipe.json written before the scene stage existed
+        if "scene" in d:
+            d["scene"] = SceneConfig(**d["scene"])
         if "align" in d:
             d["align"] = AlignConfig(**d["align"])
         for key in ("t2i", "copy", "edit", "joint"):
@@ -531,12 +545,90 @@ class Recipe:
             drop=self.drop_idx(),
         )
         info: dict[str, Any] = {"student": str(student), "bytes": folder_bytes(student)}
-        if out is not None:
-            if out.exists():
-                shutil.rmtree(out)
-            shutil.copytree(student, out)
-            info["out"] = str(out)
+        if out is not None and self.cfg.scene_steps == 0:  # the last stage of this recipe
+            info["out"] = str(_copy_folder(student, out))
         self._mark_done("distill", info)
+
+    def run_scene(self, out: Path | None) -> None:
+        """Stage 11: trains the encoder of ``<run>/student``.
+
+        Writes ``<run>/scene/student`` (copied to ``out``) and, when ``<run>/teacher`` exists,
+        ``<run>/scene/teacher``, both with the new encoder. Reports the held-out scene-row, neutral-row and
+        caption errors before and after.
+        """
+        from model_runtime.train import shapes_eval
+
+        if self.cfg.scene_steps == 0:  # not part of this recipe
+            self._mark_done("scene", {"skipped": True})
+            return
+        source = self.run_dir / "student"
+        models = NanoModels.from_folder(source)
+        stage = SceneStage(
+            models.text_encoder,
+            models.unet,
+            models.featurizer,
+            self.cfg.scene,
+            self.cfg.scene_steps,
+            seed=self.cfg.seed + 300,
+        )
+        held = [it.edit for it in shapes_eval.edit_items("heldout")]
+        scenes = [g.scene for g in shapes_eval.generate_items("heldout")]
+        before = stage.heldout_error(held, scenes)
+        log = run_stage(
+            stage, "scene", self.cfg.scene_steps, self.run_dir, resume=self.resume, progress=self.progress
+        )
+        self._record(log)
+        encoder = models.text_encoder.eval().requires_grad_(False)
+        after = stage.heldout_error(held, scenes)
+        info: dict[str, Any] = {"heldout_error": {"before": before, "after": after}}
+        student = self._rewrite(source, self.run_dir / "scene" / "student", encoder)
+        info["student"] = str(student)
+        info["bytes"] = folder_bytes(student)
+        if (self.run_dir / "teacher").is_dir():
+            teacher = self._rewrite(self.run_dir / "teacher", self.run_dir / "scene" / "teacher", encoder)
+            info["teacher"] = str(teacher)
+        if out is not None:
+            info["out"] = str(_copy_folder(student, out))
+        self._mark_done("scene", info)
+
+    @staticmethod
+    def _rewrite(folder: Path, out: Path, text_encoder: Any) -> Path:
+        """``folder`` copied to ``out`` with another text encoder's weights (in the folder's precision).
+
+        Every other file, the text encoder's config included, is copied unchanged.
+
+        Raises:
+            ValueError: The encoder's weights are not the folder's tensors.
+        """
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        tmp = out.with_name(out.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(folder, tmp)
+        weights = tmp / "text_encoder" / "model.safetensors"
+        with safe_open(str(weights), "pt") as f:
+            names = f.keys()
+            shapes = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in names}
+            metadata = f.metadata()
+        state = text_encoder.state_dict()
+        missing = sorted(set(shapes) - set(state))
+        if missing:
+            raise ValueError(
+                f"the text encoder lacks {len(missing)} tensors of {weights}, e.g. {missing[:3]}"
+            )
+        dtype = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+        new = {}
+        for key, (shape, kind) in shapes.items():
+            if list(state[key].shape) != list(shape):
+                raise ValueError(f"{key}: shape {list(state[key].shape)}, the folder's {list(shape)}")
+            new[key] = state[key].detach().to(dtype[kind]).contiguous()
+        save_file(new, str(weights), metadata=metadata)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+        return out
 
     def run(
         self, stages: tuple[str, ...] = STAGES, out: Path | None = None, force: bool = False
@@ -564,8 +656,18 @@ class Recipe:
                 self.run_diffusion(name)
             elif name == "distill":
                 self.run_distill(out)
+            elif name == "scene":
+                self.run_scene(out)
             else:
                 raise ValueError(f"unknown stage `{name}`; stages: {', '.join(STAGES)}")
             timings[name] = round(time.perf_counter() - t0, 1)
             logger.info("stage %s took %.1f s", name, timings[name])
         return timings
+
+
+def _copy_folder(folder: Path, out: Path) -> Path:
+    """``folder`` copied to ``out`` (replacing it)."""
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(folder, out)
+    return out

@@ -73,6 +73,7 @@ def main() -> None:
     from model_runtime.train.diffusion import DiffusionStage
     from model_runtime.train.distill import DistillStage, frozen_copy
     from model_runtime.train.recipe import STAGES, Recipe, RecipeConfig
+    from model_runtime.train.scene import SceneStage
     from model_runtime.train.text_pretrain import TextPretrainStage
 
     torch.set_num_threads(args.threads)
@@ -126,6 +127,11 @@ def main() -> None:
                 a.pool, draws * a.caption_share
             )
             encode_s["align"] = encodes * per_image
+        if cfg.scene_steps > 0:  # the encoder only; the UNet's ``encoder_hid_proj`` is only read
+            scene = SceneStage(
+                models.text_encoder, models.unet, recipe.featurizer(), cfg.scene, cfg.scene_steps, 1
+            )
+            per_step["scene"] = _time_steps(scene, args.warmup, args.steps)
 
     shipped = json.loads(SHIPPED_LOG.read_text()) if SHIPPED_LOG.is_file() else {}
     rows = []

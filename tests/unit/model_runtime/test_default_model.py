@@ -63,3 +63,22 @@ def test_edits_follow_a_background_instruction(nano) -> None:  # type: ignore[no
     got = [shapes_eval.analyse(r.image).background for r in nano.run(specs)]
     reached = float(np.mean([g == e.edit.target.background for g, e in zip(got, items, strict=True)]))
     assert reached >= 0.6, got
+
+
+def test_edits_remove_and_move_the_named_object(nano) -> None:  # type: ignore[no-untyped-def]
+    """Remove and move edits are carried out (held-out: 0.96 and 0.75 of the time for the shipped student,
+    0.44 and 0.25 before the recipe's ``scene`` stage; docs/nano.md)."""
+    items = [
+        e
+        for kind in ("remove", "move")
+        for e in [e for e in shapes_eval.edit_items("train") if e.edit.kind == kind][:12]
+    ]
+    specs = [
+        SampleSpec(task="edit", prompt=e.edit.instruction, seed=5, image=world.render(e.edit.source))
+        for e in items
+    ]
+    done = [
+        shapes_eval.score_edit(e.edit, shapes_eval.analyse(r.image))["instruction"]
+        for e, r in zip(items, nano.run(specs), strict=True)
+    ]
+    assert float(np.mean(done)) >= 0.7, done

@@ -17,16 +17,6 @@ from model_runtime.train.models import build_unet
 from model_runtime.train.recipe import DIFFUSION_SEEDS, STAGES, Recipe, RecipeConfig
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recipe, Path, dict[str, float]]:
-    torch.set_num_threads(2)
-    run_dir = tmp_path_factory.mktemp("run")
-    out = run_dir / "model"
-    recipe = Recipe(run_dir, RecipeConfig.quick(), progress=False)
-    timings = recipe.run(STAGES, out=out)
-    return recipe, out, timings
-
-
 def test_every_stage_ran_with_finite_losses(quick_run: tuple[Recipe, Path, dict[str, float]]) -> None:
     recipe, _, timings = quick_run
     assert set(timings) == set(STAGES)
@@ -208,14 +198,16 @@ def test_the_shipped_recipe_is_the_default_and_an_older_run_s_recipe_still_loads
     assert shipped.edit_image_features  # written before the choice: the official edit drop
     tried = Path("docs/results/nano/edit-image-features-off/recipe.json")
     assert RecipeConfig.from_json(json.loads(tried.read_text())) == replace(
-        RecipeConfig(), edit_image_features=False
-    )  # the measured variant differs in that one setting
+        RecipeConfig(), edit_image_features=False, scene_steps=0
+    )  # the measured variant differs in that one setting (and was written before the scene stage)
     previous = json.loads(Path("docs/results/nano/run2/recipe.json").read_text())
     assert "copy" not in previous  # written before the copy stage and the copy-rewarding loss existed
     cfg = RecipeConfig.from_json(previous)
     assert (cfg.copy_steps, cfg.joint.keep_weight) == (0, None)
     run4 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run4/recipe.json").read_text()))
-    assert run4 == replace(RecipeConfig(), vae_leak=0.0, align_steps=0)  # since: the leaky fuse, align
+    run5 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run5/recipe.json").read_text()))
+    assert run5 == replace(RecipeConfig(), scene_steps=0)  # since: the scene stage
+    assert run4 == replace(run5, vae_leak=0.0, align_steps=0)  # since: the leaky fuse, align
     relu_vae = replace(run4, vae_hard_share=0.0, sizes=replace(NanoSizes(), vae_act_fn="relu"))
     assert cfg == replace(relu_vae, read_steps=500)  # and then a 3x longer read stage
     run3 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run3/recipe.json").read_text()))
