@@ -49,6 +49,7 @@ from model_runtime.train.scene import (
     SceneConfig,
     SceneStage,
     SceneTargets,
+    changed_slots,
     edit_lengths,
     edit_requests,
 )
@@ -106,14 +107,16 @@ def oracle(models: NanoModels, targets: SceneTargets, seeds: int, report: dict[s
 
 
 @torch.no_grad()
-def diagnose(start: NanoModels, targets: SceneTargets, trained: Path) -> dict[str, float]:
+def diagnose(start: NanoModels, targets: SceneTargets, trained: Path) -> dict[str, Any]:
     """Held-out error of a trained folder's edit features against ``start``'s targets, by kind of row:
     rows of objects the edit leaves alone, of the changed object, of empty slots, of the background, and
-    the neutral rows."""
+    the neutral rows; and per edit kind, on the rows the edit changes (``changed_slots``), the error against
+    the target, against the *source* scene's row, and the target's distance from the source's row."""
     fz = start.featurizer
     live = load(trained).text_encoder
     proj = start.unet.encoder_hid_proj
     held = [it.edit for it in shapes_eval.edit_items("heldout")]
+    per_kind: dict[str, list[tuple[float, float, float]]] = {}
     sums: dict[str, list[float]] = {
         "untouched": [],
         "changed": [],
@@ -126,9 +129,18 @@ def diagnose(start: NanoModels, targets: SceneTargets, trained: Path) -> dict[st
         n = edit_lengths(fz, edits)
         feats, _ = fz(live, edit_requests(edits))
         want = targets(start.text_encoder, [e.target for e in edits], n, feats.shape[1])  # (B, L, D)
-        a, b = proj(feats), proj(want)  # (B, L, D) each, as the UNet sees them
-        err = ((a - b) ** 2).sum(-1) / (b**2).sum(-1)  # (B, L)
+        was = targets(start.text_encoder, [e.source for e in edits], n, feats.shape[1])  # (B, L, D)
+        a, b, c = proj(feats), proj(want), proj(was)  # (B, L, D) each, as the UNet sees them
+        power = (b**2).sum(-1)  # (B, L)
+        err = ((a - b) ** 2).sum(-1) / power  # (B, L)
+        to_source = ((a - c) ** 2).sum(-1) / power  # (B, L)
+        apart = ((b - c) ** 2).sum(-1) / power  # (B, L)
         for i, (e, m) in enumerate(zip(edits, n, strict=True)):
+            for j, changed in enumerate(changed_slots(e)):
+                r = m - SCENE_ROWS + j
+                if changed:
+                    row = (float(err[i, r]), float(to_source[i, r]), float(apart[i, r]))
+                    per_kind.setdefault(e.kind, []).append(row)
             sums["neutral"] += err[i, : m - SCENE_ROWS].tolist()
             sums["background"].append(float(err[i, m - 1]))
             by_slot = {o.position: o for o in e.target.objects}
@@ -136,7 +148,19 @@ def diagnose(start: NanoModels, targets: SceneTargets, trained: Path) -> dict[st
                 o = by_slot.get(pos)
                 kind = "empty" if o is None else "untouched" if o in e.source.objects else "changed"
                 sums[kind].append(float(err[i, m - SCENE_ROWS + j]))
-    return {k: float(np.mean(v)) for k, v in sums.items()} | {f"{k}_rows": len(v) for k, v in sums.items()}
+    out: dict[str, Any] = {k: float(np.mean(v)) for k, v in sums.items()}
+    out |= {f"{k}_rows": len(v) for k, v in sums.items()}
+    out["changed_rows_by_kind"] = {
+        kind: {
+            "rows": len(rows),
+            "error_to_target": float(np.mean([t for t, _, _ in rows])),
+            "error_to_source_row": float(np.mean([s for _, s, _ in rows])),
+            "target_from_source_row": float(np.mean([d for _, _, d in rows])),
+            "closer_to_target": float(np.mean([t < s for t, s, _ in rows])),
+        }
+        for kind, rows in per_kind.items()
+    }
+    return out
 
 
 def main() -> None:
