@@ -23,17 +23,11 @@ class Shipped:
 
 def load_shipped(folder: Path | None = None) -> Shipped:
     """A model folder's (default: the embedded model's) VAE (frozen), text encoder, UNet and text stage."""
-    from diffusers import AutoencoderTiny, DreamLiteUNetModel
-    from transformers import Qwen3VLForConditionalGeneration
-
     from model_runtime.assets import default_model_dir
-    from model_runtime.train.text_features import TextFeaturizer
+    from model_runtime.train.diffusion import NanoModels
 
-    folder = folder or default_model_dir()
-    vae = AutoencoderTiny.from_pretrained(str(folder / "vae")).float().eval().requires_grad_(False)
-    text_encoder = Qwen3VLForConditionalGeneration.from_pretrained(str(folder / "text_encoder")).float()
-    unet = DreamLiteUNetModel.from_pretrained(str(folder / "unet")).float()
-    return Shipped(vae, text_encoder, unet, TextFeaturizer.for_folder(folder))
+    m = NanoModels.from_folder(folder or default_model_dir())
+    return Shipped(m.vae, m.text_encoder, m.unet, m.featurizer)
 
 
 def write_like(start: Path, out: Path, text_encoder: Any, unet: Any, vae: Any) -> None:

@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from _nano_probe import load_shipped, record_arm, repo_path, score_edits, write_report
+from _nano_probe import record_arm, repo_path, score_edits, write_report
 from numpy.typing import NDArray
 
-from model_runtime.train import configs, shapes_eval, world
+from model_runtime.train import shapes_eval, world
 from model_runtime.train.diffusion import (
     LATENT,
     Example,
@@ -52,14 +52,7 @@ ARMS = ("edit", "edit_zero_cond", "edit_no_vision", "edit_no_vision_zero_cond", 
 
 def load(folder: Path) -> NanoModels:
     """A model folder's UNet, VLM and VAE in float32 (eval mode) with the folder's text stage."""
-    parts = load_shipped(folder)
-    return NanoModels(
-        text_encoder=parts.text_encoder.eval(),
-        unet=parts.unet.eval(),
-        vae=parts.vae,
-        featurizer=parts.featurizer,
-        scheduler_config=configs.scheduler_config(),
-    )
+    return NanoModels.from_folder(folder)
 
 
 @torch.no_grad()

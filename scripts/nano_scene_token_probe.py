@@ -53,7 +53,6 @@ from model_runtime.train.scene import (
     edit_lengths,
     edit_requests,
 )
-from model_runtime.train.text_features import TextRequest
 
 
 def sample(models: NanoModels, edits: list[world.Edit], text: torch.Tensor | None, seeds: list[int]) -> Any:
@@ -92,13 +91,11 @@ def oracle(models: NanoModels, targets: SceneTargets, seeds: int, report: dict[s
                 n = edit_lengths(fz, edits)
                 text = targets(models.text_encoder, [e.target for e in edits], n, max(n))  # (B, L, D)
             if arm in ("scene_tokens_keep_image", "scene_tokens_keep_all"):
+                reqs = edit_requests(edits)
                 with torch.no_grad():
-                    own, _ = fz(
-                        models.text_encoder,
-                        [TextRequest("edit", e.instruction, world.render(e.source)) for e in edits],
-                    )
-                for b, (e, m) in enumerate(zip(edits, n, strict=True)):
-                    ids = fz.kept_ids(TextRequest("edit", e.instruction, world.render(e.source)))
+                    own, _ = fz(models.text_encoder, reqs)
+                for b, (req, m) in enumerate(zip(reqs, n, strict=True)):
+                    ids = fz.kept_ids(req)
                     for r in range(m - SCENE_ROWS):
                         if arm == "scene_tokens_keep_all" or ids[r] == fz.image_pad_id():
                             text[b, r] = own[b, r]  # type: ignore[index]
