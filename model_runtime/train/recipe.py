@@ -118,7 +118,7 @@ class RecipeConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     distill_steps: int = 100
     scene: SceneConfig = field(default_factory=SceneConfig)
-    scene_steps: int = 7000
+    scene_steps: int = 10000
     edit_image_features: bool = True
     seed: int = 0
 
@@ -208,8 +208,8 @@ class RecipeConfig:
         d.setdefault("align_steps", 0)  # absent from a recipe.json written before the align stage existed
         d.setdefault("edit_image_features", True)  # absent from a recipe.json written before the choice
         d.setdefault("scene_steps", 0)  # absent from a recipe.json written before the scene stage existed
-        if "scene" in d:
-            d["scene"] = SceneConfig(**d["scene"])
+        if "scene" in d:  # ``changed_scale`` is absent from one written before the weighting (it was 0)
+            d["scene"] = SceneConfig(**{"changed_scale": 0.0, **d["scene"]})
         if "align" in d:
             d["align"] = AlignConfig(**d["align"])
         for key in ("t2i", "copy", "edit", "joint"):

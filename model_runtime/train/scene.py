@@ -55,11 +55,11 @@ class SceneConfig:
         keep: Weight of the caption anchor.
         neutral: Weight of the neutral rows' error.
         weight_decay: AdamW weight decay.
-        changed_scale: 0 (the shipped stage): every scene row weighs the same. Above 0: the row of what the
-            edit changes (:func:`changed_slots`), whose target is a relative distance ``d`` from the source
-            scene's row (colour and shape changes are the small ones), weighs
-            ``clip(changed_scale / d, 1, 10)`` in the scene error, so that a small change is said as precisely
-            as a large one (a probe: ``docs/nano.md``).
+        changed_scale: Above 0 (the shipped stage: 1): the row of what the edit changes
+            (:func:`changed_slots`), whose target is a relative distance ``d`` from the source scene's row
+            (colour and shape changes are the small ones), weighs ``clip(changed_scale / d, 1, 10)`` in the
+            scene error, so that a small change is said as precisely as a large one. 0: every scene row weighs
+            the same (the first shipped stage, ``docs/results/nano/run6/``; ``docs/nano.md``).
     """
 
     batch: int = 32
@@ -69,7 +69,7 @@ class SceneConfig:
     keep: float = 4.0
     neutral: float = 1.0
     weight_decay: float = 0.0
-    changed_scale: float = 0.0
+    changed_scale: float = 1.0
 
 
 class SceneTargets:

@@ -207,6 +207,9 @@ def test_the_shipped_recipe_is_the_default_and_an_older_run_s_recipe_still_loads
     run4 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run4/recipe.json").read_text()))
     run5 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run5/recipe.json").read_text()))
     assert run5 == replace(RecipeConfig(), scene_steps=0)  # since: the scene stage
+    run6 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run6/recipe.json").read_text()))
+    unweighted = replace(RecipeConfig().scene, changed_scale=0.0)  # since: the changed row's weight, longer
+    assert run6 == replace(RecipeConfig(), scene=unweighted, scene_steps=7000)
     assert run4 == replace(run5, vae_leak=0.0, align_steps=0)  # since: the leaky fuse, align
     relu_vae = replace(run4, vae_hard_share=0.0, sizes=replace(NanoSizes(), vae_act_fn="relu"))
     assert cfg == replace(relu_vae, read_steps=500)  # and then a 3x longer read stage
