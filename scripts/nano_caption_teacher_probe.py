@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from _nano_probe import log_step, optimizer_step, repo_path, write_like
-from nano_edit_mode_probe import load
 
 from model_runtime.assets import default_model_dir
 from model_runtime.train import world
@@ -30,6 +29,7 @@ from model_runtime.train.diffusion import (
     LATENT,
     Conditions,
     Example,
+    NanoModels,
     condition_latents,
     encode_texts,
     object_weights,
@@ -51,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     folder = args.model or default_model_dir()
-    models = load(folder)
+    models = NanoModels.from_folder(folder)
     models.text_encoder.eval().requires_grad_(False)
     unet = models.unet.train().requires_grad_(True)
     teacher = frozen_copy(unet).eval()

@@ -50,11 +50,6 @@ from model_runtime.train.text_features import TextRequest
 ARMS = ("edit", "edit_zero_cond", "edit_no_vision", "edit_no_vision_zero_cond", "caption", "caption_src")
 
 
-def load(folder: Path) -> NanoModels:
-    """A model folder's UNet, VLM and VAE in float32 (eval mode) with the folder's text stage."""
-    return NanoModels.from_folder(folder)
-
-
 @torch.no_grad()
 def draw(
     models: NanoModels,
@@ -138,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     folder = args.model or default_model_dir()
-    models = load(folder)
+    models = NanoModels.from_folder(folder)
     items = list(shapes_eval.edit_items("heldout"))
     jobs = [(it, 1000 + s) for s in range(args.seeds) for it in items]
     report: dict[str, Any] = {

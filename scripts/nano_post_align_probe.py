@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 from _nano_probe import record_arm, repo_path, score_edits, write_report
-from nano_edit_mode_probe import draw, load
+from nano_edit_mode_probe import draw
 
 from model_runtime.train import shapes_eval, world
 from model_runtime.train.align import AlignConfig, AlignStage
-from model_runtime.train.diffusion import Example, edit_example
+from model_runtime.train.diffusion import Example, NanoModels, edit_example
 
 
 def caption_of(edit: Any) -> str:
@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     folder = args.model or default_model_dir()
-    models = load(folder)
+    models = NanoModels.from_folder(folder)
     report: dict[str, Any] = {"model": repo_path(folder), "steps": args.steps, "lr": args.lr, "arms": {}}
     for arm in ("edit", "caption"):
         t0 = time.perf_counter()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 from _nano_probe import repo_path, write_like
-from nano_edit_mode_probe import load
 
 from model_runtime.assets import default_model_dir
+from model_runtime.train.diffusion import NanoModels
 from model_runtime.train.refl import ReflConfig, ReflStage
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     folder = args.model or default_model_dir()
-    models = load(folder)
+    models = NanoModels.from_folder(folder)
     cfg = ReflConfig(batch=args.batch, lr=args.lr, text_lr=args.text_lr, edit_share=args.edit_share)
     stage = ReflStage(models, cfg, args.steps, args.seed)
     log = []

@@ -603,14 +603,12 @@ class Recipe:
         from safetensors import safe_open
         from safetensors.torch import save_file
 
-        tmp = out.with_name(out.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        shutil.copytree(folder, tmp)
+        tmp = _copy_folder(folder, out.with_name(out.name + ".tmp"))
         weights = tmp / "text_encoder" / "model.safetensors"
         with safe_open(str(weights), "pt") as f:
             names = f.keys()
-            shapes = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in names}
+            slices = {k: f.get_slice(k) for k in names}
+            shapes = {k: (s.get_shape(), s.get_dtype()) for k, s in slices.items()}
             metadata = f.metadata()
         state = text_encoder.state_dict()
         missing = sorted(set(shapes) - set(state))
