@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from _nano_probe import log_step, record_arm, repo_path, score_edits, write_like, write_report
-from nano_edit_mode_probe import draw, load
+from nano_edit_mode_probe import draw
 
 from model_runtime.assets import default_model_dir
 from model_runtime.train import shapes_eval, world
@@ -110,7 +110,7 @@ def diagnose(start: NanoModels, targets: SceneTargets, trained: Path) -> dict[st
     the neutral rows; and per edit kind, on the rows the edit changes (``changed_slots``), the error against
     the target, against the *source* scene's row, and the target's distance from the source's row."""
     fz = start.featurizer
-    live = load(trained).text_encoder
+    live = NanoModels.from_folder(trained).text_encoder
     proj = start.unet.encoder_hid_proj
     held = [it.edit for it in shapes_eval.edit_items("heldout")]
     per_kind: dict[str, list[tuple[float, float, float]]] = {}
@@ -190,7 +190,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     folder = args.model or default_model_dir()
-    models = load(folder)
+    models = NanoModels.from_folder(folder)
     fz = models.featurizer
     targets = SceneTargets(fz, args.bg_word, args.objects)
     report: dict[str, Any] = {"config": {**vars(args), "model": repo_path(folder)}, "arms": {}}

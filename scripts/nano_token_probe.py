@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 from _nano_probe import log_step, optimizer_step, repo_path, write_like
-from nano_edit_mode_probe import load
 
 from model_runtime.assets import default_model_dir
 from model_runtime.train import shapes_eval, world
+from model_runtime.train.diffusion import NanoModels
 from model_runtime.train.distill import frozen_copy
 from model_runtime.train.text_features import TextFeaturizer, TextRequest
 
@@ -127,7 +127,7 @@ def main() -> None:
     kinds = world.EDIT_KINDS if args.image_cells else KINDS
     torch.set_num_threads(args.threads)
     folder = args.model or default_model_dir()
-    models = load(folder)
+    models = NanoModels.from_folder(folder)
     fz = models.featurizer
     from tokenizers import Tokenizer
 
