@@ -24,6 +24,10 @@ ROWS = (
         "student after the first `scene` (7000 steps, rows unweighted; `run6/`), 4 steps, float32",
         "run6/student-4step-float32.json",
     ),
+    (
+        "student after `scene` (10000 steps, changed row weighted; `run7/`), 4 steps, float32",
+        "run7/student-4step-float32.json",
+    ),
     ("student (shipped), 4 steps, float32", "student-4step-float32.json"),
     ("student (shipped), 4 steps, bfloat16", "student-4step-bfloat16.json"),
     ("student, 4 steps, ONNX bundle fp32 (CPU EP)", "student-4step-onnx-fp32.json"),

@@ -21,8 +21,13 @@ Stages (each reads what the previous ones left in the run folder):
     written as the ``mobile`` folder (``student/``).
 11. ``scene`` — the VLM (only) learns to say, at the closing tokens of an edit request, the whole edited
     scene in the student's caption language (:mod:`.scene`); writes ``scene/student`` and, from
-    ``teacher/``, ``scene/teacher`` with the new encoder. The last stage's student folder (``scene/student``,
-    or ``student/`` when the recipe has no scene steps) is copied to the output folder.
+    ``teacher/``, ``scene/teacher`` with the new encoder.
+12. ``caption_teacher`` — the student's UNet (only) learns to draw, from an edit request, what a frozen copy
+    of itself draws from the target's caption, on its own 4-step trajectories (:mod:`.caption_teacher`);
+    writes ``caption_teacher/student``.
+
+The last student folder the recipe makes (``caption_teacher/student``, ``scene/student`` or ``student/``:
+the last of those stages with steps) is copied to the output folder.
 
 Every stage checkpoints to ``<run>/<stage>/ckpt.pt``; ``--resume`` continues an interrupted stage at the
 same step with the same data. The loss log of all stages is ``<run>/train_log.json``.
@@ -42,6 +47,7 @@ import torch
 
 from model_runtime.train import configs, tokenizer_build, vae_fit
 from model_runtime.train.align import AlignConfig, AlignStage
+from model_runtime.train.caption_teacher import CaptionTeacherConfig, CaptionTeacherStage
 from model_runtime.train.configs import NanoSizes
 from model_runtime.train.diffusion import DiffusionConfig, DiffusionStage, NanoModels, copy_only
 from model_runtime.train.distill import DistillConfig, DistillStage, frozen_copy
@@ -54,7 +60,20 @@ from model_runtime.train.writer import folder_bytes, write_folder
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("tokenizer", "vae", "text", "t2i", "read", "align", "copy", "edit", "joint", "distill", "scene")
+STAGES = (
+    "tokenizer",
+    "vae",
+    "text",
+    "t2i",
+    "read",
+    "align",
+    "copy",
+    "edit",
+    "joint",
+    "distill",
+    "scene",
+    "caption_teacher",
+)
 DIFFUSION_SEEDS = {"t2i": 103, "edit": 105, "joint": 106, "copy": 110}
 """Data seed of each diffusion stage, added to the recipe's seed (fixed when ``copy`` joined the stages)."""
 
@@ -83,6 +102,8 @@ class RecipeConfig:
         distill: Distillation settings; ``distill_steps`` its length.
         scene: The VLM's caption-language scene tokens for edits after distillation; ``scene_steps`` its
             length (0: no such stage, as in recipes written before it).
+        caption_teacher: The student's edit path taught by its own caption path, after ``scene``;
+            ``caption_teacher_steps`` its length (0: no such stage, as in recipes written before it).
         edit_image_features: Whether the edit features the UNet sees keep the VLM's image tokens (the
             official templates' drop; the shipped recipe). False: the folder's edit ``drop_idx`` also covers
             them, so the UNet reads only the instruction and closing tokens, which see image and instruction
@@ -119,6 +140,8 @@ class RecipeConfig:
     distill_steps: int = 100
     scene: SceneConfig = field(default_factory=SceneConfig)
     scene_steps: int = 10000
+    caption_teacher: CaptionTeacherConfig = field(default_factory=CaptionTeacherConfig)
+    caption_teacher_steps: int = 300
     edit_image_features: bool = True
     seed: int = 0
 
@@ -154,6 +177,8 @@ class RecipeConfig:
             distill_steps=2,
             scene=SceneConfig(batch=4, captions=2, warmup=1),
             scene_steps=2,
+            caption_teacher=CaptionTeacherConfig(batch=4, warmup=1),
+            caption_teacher_steps=2,
         )
 
     def vae_stage(self, vae: Any, **overrides: Any) -> vae_fit.VaeStage:
@@ -208,6 +233,9 @@ class RecipeConfig:
         d.setdefault("align_steps", 0)  # absent from a recipe.json written before the align stage existed
         d.setdefault("edit_image_features", True)  # absent from a recipe.json written before the choice
         d.setdefault("scene_steps", 0)  # absent from a recipe.json written before the scene stage existed
+        d.setdefault("caption_teacher_steps", 0)  # absent from one written before that stage existed
+        if "caption_teacher" in d:
+            d["caption_teacher"] = CaptionTeacherConfig(**d["caption_teacher"])
         if "scene" in d:  # ``changed_scale`` is absent from one written before the weighting (it was 0)
             d["scene"] = SceneConfig(**{"changed_scale": 0.0, **d["scene"]})
         if "align" in d:
@@ -545,16 +573,25 @@ class Recipe:
             drop=self.drop_idx(),
         )
         info: dict[str, Any] = {"student": str(student), "bytes": folder_bytes(student)}
-        if out is not None and self.cfg.scene_steps == 0:  # the last stage of this recipe
+        if out is not None and self.last_student_stage() == "distill":
             info["out"] = str(_copy_folder(student, out))
         self._mark_done("distill", info)
+
+    def last_student_stage(self) -> str:
+        """The last stage of this recipe that writes a student folder (its folder is the recipe's output)."""
+        with_steps = [s for s in ("scene", "caption_teacher") if getattr(self.cfg, f"{s}_steps") > 0]
+        return with_steps[-1] if with_steps else "distill"
+
+    def student_folder(self, stage: str) -> Path:
+        """The student folder ``stage`` writes (``distill``: ``<run>/student``)."""
+        return self.run_dir / "student" if stage == "distill" else self.run_dir / stage / "student"
 
     def run_scene(self, out: Path | None) -> None:
         """Stage 11: trains the encoder of ``<run>/student``.
 
-        Writes ``<run>/scene/student`` (copied to ``out``) and, when ``<run>/teacher`` exists,
-        ``<run>/scene/teacher``, both with the new encoder. Reports the held-out scene-row, neutral-row and
-        caption errors before and after.
+        Writes ``<run>/scene/student`` (copied to ``out`` when it is the recipe's last student) and, when
+        ``<run>/teacher`` exists, ``<run>/scene/teacher``, both with the new encoder. Reports the held-out
+        scene-row, neutral-row and caption errors before and after.
         """
         from model_runtime.train import shapes_eval
 
@@ -581,41 +618,81 @@ class Recipe:
         encoder = models.text_encoder.eval().requires_grad_(False)
         after = stage.heldout_error(held, scenes)
         info: dict[str, Any] = {"heldout_error": {"before": before, "after": after}}
-        student = self._rewrite(source, self.run_dir / "scene" / "student", encoder)
+        student = self._rewrite(source, self.student_folder("scene"), "text_encoder", encoder)
         info["student"] = str(student)
         info["bytes"] = folder_bytes(student)
         if (self.run_dir / "teacher").is_dir():
-            teacher = self._rewrite(self.run_dir / "teacher", self.run_dir / "scene" / "teacher", encoder)
+            teacher = self._rewrite(
+                self.run_dir / "teacher", self.run_dir / "scene" / "teacher", "text_encoder", encoder
+            )
             info["teacher"] = str(teacher)
-        if out is not None:
+        if out is not None and self.last_student_stage() == "scene":
             info["out"] = str(_copy_folder(student, out))
         self._mark_done("scene", info)
 
-    @staticmethod
-    def _rewrite(folder: Path, out: Path, text_encoder: Any) -> Path:
-        """``folder`` copied to ``out`` with another text encoder's weights (in the folder's precision).
+    def run_caption_teacher(self, out: Path | None) -> None:
+        """Stage 12: trains the UNet of the student ``scene`` left (``student/`` without scene steps).
 
-        Every other file, the text encoder's config included, is copied unchanged.
+        Writes ``<run>/caption_teacher/student`` (only its UNet's weights differ) and copies it to ``out``.
+        Reports the held-out edit rows' error (against the caption teacher) before and after.
+        """
+        from model_runtime.train import shapes_eval
+
+        total = self.cfg.caption_teacher_steps
+        if total == 0:  # not part of this recipe
+            self._mark_done("caption_teacher", {"skipped": True})
+            return
+        source = self.student_folder("scene" if self.cfg.scene_steps > 0 else "distill")
+        models = NanoModels.from_folder(source)
+        stage = CaptionTeacherStage(models, self.cfg.caption_teacher, total, seed=self.cfg.seed + 600)
+        held = [it.edit for it in shapes_eval.edit_items("heldout")]
+        before = stage.heldout_error(held)
+        log = run_stage(
+            stage, "caption_teacher", total, self.run_dir, resume=self.resume, progress=self.progress
+        )
+        self._record(log)
+        unet = models.unet.eval().requires_grad_(False)
+        info: dict[str, Any] = {
+            "source": str(source),
+            "heldout_error": {"before": before, "after": stage.heldout_error(held)},
+        }
+        student = self._rewrite(source, self.student_folder("caption_teacher"), "unet", unet)
+        info["student"] = str(student)
+        info["bytes"] = folder_bytes(student)
+        if out is not None:
+            info["out"] = str(_copy_folder(student, out))
+        self._mark_done("caption_teacher", info)
+
+    @staticmethod
+    def _rewrite(folder: Path, out: Path, component: str, module: Any) -> Path:
+        """``folder`` copied to ``out`` with another ``component``'s weights (in the folder's precision).
+
+        Args:
+            folder: A model folder.
+            out: Destination (replaced).
+            component: ``text_encoder`` or ``unet``.
+            module: The component's new weights.
+
+        Every other file, the component's config included, is copied unchanged.
 
         Raises:
-            ValueError: The encoder's weights are not the folder's tensors.
+            ValueError: The module's weights are not the folder's tensors.
         """
         from safetensors import safe_open
         from safetensors.torch import save_file
 
         tmp = _copy_folder(folder, out.with_name(out.name + ".tmp"))
-        weights = tmp / "text_encoder" / "model.safetensors"
+        files = {"text_encoder": "model.safetensors", "unet": "diffusion_pytorch_model.safetensors"}
+        weights = tmp / component / files[component]
         with safe_open(str(weights), "pt") as f:
             names = f.keys()
             slices = {k: f.get_slice(k) for k in names}
             shapes = {k: (s.get_shape(), s.get_dtype()) for k, s in slices.items()}
             metadata = f.metadata()
-        state = text_encoder.state_dict()
+        state = module.state_dict()
         missing = sorted(set(shapes) - set(state))
         if missing:
-            raise ValueError(
-                f"the text encoder lacks {len(missing)} tensors of {weights}, e.g. {missing[:3]}"
-            )
+            raise ValueError(f"the {component} lacks {len(missing)} tensors of {weights}, e.g. {missing[:3]}")
         dtype = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
         new = {}
         for key, (shape, kind) in shapes.items():
@@ -656,6 +733,8 @@ class Recipe:
                 self.run_distill(out)
             elif name == "scene":
                 self.run_scene(out)
+            elif name == "caption_teacher":
+                self.run_caption_teacher(out)
             else:
                 raise ValueError(f"unknown stage `{name}`; stages: {', '.join(STAGES)}")
             timings[name] = round(time.perf_counter() - t0, 1)

@@ -70,6 +70,7 @@ def main() -> None:
 
     from model_runtime.train import vae_fit
     from model_runtime.train.align import AlignStage
+    from model_runtime.train.caption_teacher import CaptionTeacherStage
     from model_runtime.train.diffusion import DiffusionStage
     from model_runtime.train.distill import DistillStage, frozen_copy
     from model_runtime.train.recipe import STAGES, Recipe, RecipeConfig
@@ -132,6 +133,9 @@ def main() -> None:
                 models.text_encoder, models.unet, recipe.featurizer(), cfg.scene, cfg.scene_steps, 1
             )
             per_step["scene"] = _time_steps(scene, args.warmup, args.steps)
+        if cfg.caption_teacher_steps > 0:  # the UNet, on-policy on the student's own steps
+            ct = CaptionTeacherStage(models, cfg.caption_teacher, cfg.caption_teacher_steps, 1)
+            per_step["caption_teacher"] = _time_steps(ct, args.warmup, args.steps)
 
     shipped = json.loads(SHIPPED_LOG.read_text()) if SHIPPED_LOG.is_file() else {}
     rows = []

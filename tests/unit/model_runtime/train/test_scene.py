@@ -181,23 +181,24 @@ def test_the_recipe_writes_student_and_teacher_with_the_new_encoder(quick_run: R
             unet_file.read_bytes() == (before / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
         )
     assert open_model_folder(run / "scene" / "teacher").config.variant == "base"
-    # the output folder is the scene stage's student
+    # the output folder (the caption_teacher stage's student, which changes only the UNet) has its encoder
     assert (out / "text_encoder" / "model.safetensors").read_bytes() == (
         run / "scene" / "student" / "text_encoder" / "model.safetensors"
     ).read_bytes()
 
 
-def test_a_recipe_without_scene_steps_ships_the_distilled_student(quick_run: Run, tmp_path: Path) -> None:
+def test_a_recipe_without_later_steps_ships_the_distilled_student(quick_run: Run, tmp_path: Path) -> None:
     import shutil
 
     recipe, _, _ = quick_run
     run = tmp_path / "run"
-    shutil.copytree(recipe.run_dir, run, ignore=shutil.ignore_patterns("scene", "model"))
+    shutil.copytree(recipe.run_dir, run, ignore=shutil.ignore_patterns("scene", "caption_teacher", "model"))
     (run / "distill" / "done.json").unlink()  # distill again (its checkpoint is complete: no steps)
-    cfg = replace(recipe.cfg, scene_steps=0)
+    cfg = replace(recipe.cfg, scene_steps=0, caption_teacher_steps=0)
     out = tmp_path / "model"
-    Recipe(run, cfg, progress=False).run(("distill", "scene"), out=out)
-    assert json.loads((run / "scene" / "done.json").read_text()) == {"skipped": True}
+    Recipe(run, cfg, progress=False).run(("distill", "scene", "caption_teacher"), out=out)
+    for stage in ("scene", "caption_teacher"):
+        assert json.loads((run / stage / "done.json").read_text()) == {"skipped": True}
     assert (out / "text_encoder" / "model.safetensors").read_bytes() == (
         run / "student" / "text_encoder" / "model.safetensors"
     ).read_bytes()
