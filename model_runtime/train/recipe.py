@@ -667,13 +667,13 @@ class Recipe:
     def _rewrite(folder: Path, out: Path, component: str, module: Any) -> Path:
         """``folder`` copied to ``out`` with another ``component``'s weights (in the folder's precision).
 
+        Every other file, the component's config included, is copied unchanged.
+
         Args:
             folder: A model folder.
             out: Destination (replaced).
             component: ``text_encoder`` or ``unet``.
             module: The component's new weights.
-
-        Every other file, the component's config included, is copied unchanged.
 
         Raises:
             ValueError: The module's weights are not the folder's tensors.
