@@ -564,7 +564,7 @@ class Recipe:
         self._record(log)
         stage.apply_ema()
         student = write_folder(
-            self.run_dir / "student",
+            self.student_folder("distill"),
             sizes=self.cfg.sizes,
             tokenizer=self.tokenizer(),
             text_encoder=models.text_encoder,
@@ -598,7 +598,7 @@ class Recipe:
         if self.cfg.scene_steps == 0:  # not part of this recipe
             self._mark_done("scene", {"skipped": True})
             return
-        source = self.run_dir / "student"
+        source = self.student_folder("distill")
         models = NanoModels.from_folder(source)
         stage = SceneStage(
             models.text_encoder,
