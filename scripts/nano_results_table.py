@@ -12,11 +12,19 @@ from pathlib import Path
 ROWS = (
     ("VAE ceiling (expected renders through the VAE)", "vae-ceiling.json"),
     (
-        "teacher (joint EMA, its encoder before `scene`), 28 steps, guided, float32",
+        "teacher (joint EMA, its encoder before `scene`; `run5/`), 28 steps, guided, float32",
+        "run5/teacher-28step-float32.json",
+    ),
+    (
+        "teacher (joint EMA, its encoder before `scene`; `run5/`), 28 steps, guided, bfloat16",
+        "run5/teacher-28step-bfloat16.json",
+    ),
+    (
+        "teacher (shipped recipe: `scene` encoder, `teacher_caption`), 28 steps, guided, float32",
         "teacher-28step-float32.json",
     ),
     (
-        "teacher (joint EMA, its encoder before `scene`), 28 steps, guided, bfloat16",
+        "teacher (shipped recipe: `scene` encoder, `teacher_caption`), 28 steps, guided, bfloat16",
         "teacher-28step-bfloat16.json",
     ),
     ("student before `scene` (`run5/`), 4 steps, float32", "run5/student-4step-float32.json"),

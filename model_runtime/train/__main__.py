@@ -9,6 +9,7 @@ Examples::
     python -m model_runtime.train --run-dir runs/e1300 --set edit_steps=1300 --set edit.lr=0.001
     python -m model_runtime.train --run-dir runs/nano --stage scene   # the scene stage on runs/nano/student
     python -m model_runtime.train --run-dir runs/nano --stage caption_teacher   # on runs/nano/scene/student
+    python -m model_runtime.train --run-dir runs/nano --stage teacher_caption   # on runs/nano/scene/teacher
     python -m model_runtime.train plot --log runs/nano/train_log.json --out docs/img/nano-loss.png
 """
 

@@ -17,6 +17,18 @@ rows whose teacher is the frozen copy on the same caption: generation is anchore
 Measured (held-out ShapesEval, ``docs/nano.md``): 300 steps on the ``scene`` student take held-out edits
 from 0.671 to 0.851 (bf16 0.856; every kind ≥ 0.76) and keep generation (0.966); the shipped weights. The
 probe it started as (``scripts/nano_caption_teacher_probe.py`` at commit d9e0d88) measured 0.856 / 0.969.
+
+The recipe's ``teacher_caption`` stage runs the same stage on the guided 28-step teacher with
+``states="forward"``: rows sit at forward-noised target latents (the flow-matching training points,
+logit-normal t) instead of the student's 4-step trajectory, which would cost the teacher's guided steps to
+walk. With
+equal text and image guidance g the base pipeline's guided edit velocity is ``g·v_edit + (1 − g)·v∅_edit``
+(the image-only branch cancels) and its guided generate velocity ``g·v_caption + (1 − g)·v∅``, where the
+unconditional branches are the empty templates with a zero condition latent (the edit's still shows the VLM
+the source). So the stage regresses both branches of the edit: the request onto the caption, and, for
+``uncond_share`` of the edit rows, the edit's empty template onto the generate one; the guided edit then
+learns the guided generation of the target's caption exactly. The same share of the generate rows anchor
+``v∅`` itself.
 """
 
 from __future__ import annotations
@@ -34,13 +46,18 @@ from model_runtime.train.diffusion import (
     Example,
     NanoModels,
     condition_latents,
+    encode_images,
     encode_texts,
+    noisy_latents,
     object_weights,
     schedule_sigmas,
     unet_velocity,
 )
 from model_runtime.train.distill import frozen_copy, student_states
 from model_runtime.train.loop import cosine_lr
+
+STATES = ("student", "forward")
+"""Where the stage's rows sit (``CaptionTeacherConfig.states``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +71,16 @@ class CaptionTeacherConfig:
         warmup: Warm-up steps.
         object_weight: Loss weight of latent cells within one cell of an object (1 elsewhere).
         student_steps: The student's sampling steps (the schedule it walks on-policy).
+        states: Where rows are regressed: ``student`` (on-policy, ``student_steps`` of the model's own
+            unguided Euler steps on the edit request from seeded noise: the shipped student's stage) or
+            ``forward`` (the target latent noised at a logit-normal, resolution-shifted t: the guided
+            teacher's stage, see the module docstring).
+        uncond_share: Share of the edit rows and of the generate rows asked with their task's unconditional
+            template and a zero condition latent (the guided sampler's ∅ branch); their teacher is the frozen
+            copy's velocity from the *generate* unconditional template, so the edit's ∅ branch learns the
+            generate one and the generate rows keep it where it was.
+        logit_mean: Mean of the logit-normal t of ``forward`` rows (the pretraining stages').
+        logit_std: Its standard deviation.
     """
 
     batch: int = 16
@@ -62,20 +89,29 @@ class CaptionTeacherConfig:
     warmup: int = 10
     object_weight: float = 4.0
     student_steps: int = 4
+    states: str = "student"
+    uncond_share: float = 0.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.generate_share < 1.0:
             raise ValueError(f"generate_share: expected a value in [0, 1), got {self.generate_share!r}")
+        if not 0.0 <= self.uncond_share <= 1.0:
+            raise ValueError(f"uncond_share: expected a value in [0, 1], got {self.uncond_share!r}")
         if self.batch < 1:
             raise ValueError(f"batch: expected at least 1 row, got {self.batch!r}")
+        if self.states not in STATES:
+            raise ValueError(f"states: expected one of {', '.join(STATES)}, got {self.states!r}")
 
 
 class CaptionTeacherStage:
     """The ``caption_teacher`` stage (a :class:`~.loop.Stage`).
 
     Args:
-        models: The student's components; ``models.unet`` is trained, the text encoder is frozen. The
-            teacher is a frozen copy of the UNet as given.
+        models: The model's components (the student's, or the guided teacher's with ``states="forward"``);
+            ``models.unet`` is trained, the text encoder is frozen. The teacher is a frozen copy of the UNet
+            as given.
         cfg: Hyper-parameters.
         total: Planned steps.
         seed: Data seed.
@@ -106,27 +142,36 @@ class CaptionTeacherStage:
         """``(B,)`` weighted squared error of each row: the edits, then generate rows of the other scenes.
 
         ``scenes`` holds every row's target scene (the edits' targets first); ``rng`` draws the noise and
-        the steps walked.
+        the steps walked (or the times, for ``forward`` rows). The first ``uncond_share`` of the edit rows
+        and of the generate rows are unconditional rows (the ∅ branch; see ``CaptionTeacherConfig``).
         """
         sources = [world.render(e.source) for e in edits]
         targets = [world.render(s) for s in scenes]  # the object weights' target images
         asked = [Example("edit", e.instruction, None, src) for e, src in zip(edits, sources, strict=True)]
         asked += [Example("generate", s.caption(), None) for s in scenes[len(edits) :]]
         captions = [Example("generate", s.caption(), None) for s in scenes]
+        n_edit, n_gen = len(edits), len(scenes) - len(edits)
+        k_edit, k_gen = round(n_edit * self.cfg.uncond_share), round(n_gen * self.cfg.uncond_share)
+        uncond = [b < k_edit or n_edit <= b < n_edit + k_gen for b in range(len(scenes))]
         with torch.no_grad():
-            text, mask = encode_texts(self.m, asked, [False] * len(asked))  # (B, L, D) f32
-            ctext, cmask = encode_texts(self.m, captions, [False] * len(captions))  # (B, Lc, D) f32
+            text, mask = encode_texts(self.m, asked, uncond)  # (B, L, D) f32
+            ctext, cmask = encode_texts(self.m, captions, uncond)  # (B, Lc, D) f32
             c = Conditions(
                 is_edit=torch.tensor([a.task == "edit" for a in asked]),
                 text=text,
                 mask=mask,
                 cond=condition_latents(self.m, asked),  # (B, 4, h, w) sources; zeros for generate
             )
+            c.cond[:k_edit] = 0.0  # the ∅ branch of an edit sees a zero condition latent
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            noise = torch.randn((len(asked), 4, LATENT, LATENT), generator=gen)  # (B, 4, h, w) f32
-            j = torch.from_numpy(rng.integers(0, self.cfg.student_steps, len(asked)))  # (B,) steps walked
-            x = student_states(self.m.unet, self.sigmas, noise, c, j)  # (B, 4, h, w) on-policy states
-            s = self.sigmas[j]  # (B,)
+            if self.cfg.states == "forward":
+                x0 = encode_images(self.m.vae, targets)  # (B, 4, h, w) the targets' latents
+                s, _, x = noisy_latents(x0, gen, self.cfg.logit_mean, self.cfg.logit_std, self.m.mu())
+            else:
+                noise = torch.randn((len(asked), 4, LATENT, LATENT), generator=gen)  # (B, 4, h, w) f32
+                j = torch.from_numpy(rng.integers(0, self.cfg.student_steps, len(asked)))  # (B,) walked
+                x = student_states(self.m.unet, self.sigmas, noise, c, j)  # (B, 4, h, w) on-policy states
+                s = self.sigmas[j]  # (B,)
             zero = torch.zeros_like(c.cond)  # (B, 4, h, w) the generate path's condition
             want = unet_velocity(self.teacher, x, zero, s, ctext, cmask)  # (B, 4, h, w)
         self.m.unet.train()

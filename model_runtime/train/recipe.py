@@ -25,6 +25,10 @@ Stages (each reads what the previous ones left in the run folder):
 12. ``caption_teacher`` — the student's UNet (only) learns to draw, from an edit request, what a frozen copy
     of itself draws from the target's caption, on its own 4-step trajectories (:mod:`.caption_teacher`);
     writes ``caption_teacher/student``.
+13. ``teacher_caption`` — the same for the guided 28-step teacher ``scene`` left (``scene/teacher``, or
+    ``teacher/`` without scene steps): its UNet's conditional edit velocity learns its own caption velocity at
+    forward-noised target latents (:mod:`.caption_teacher`, ``states="forward"``); writes
+    ``teacher_caption/teacher``.
 
 The last student folder the recipe makes (``caption_teacher/student``, ``scene/student`` or ``student/``:
 the last of those stages with steps) is copied to the output folder.
@@ -73,6 +77,7 @@ STAGES = (
     "distill",
     "scene",
     "caption_teacher",
+    "teacher_caption",
 )
 DIFFUSION_SEEDS = {"t2i": 103, "edit": 105, "joint": 106, "copy": 110}
 """Data seed of each diffusion stage, added to the recipe's seed (fixed when ``copy`` joined the stages)."""
@@ -104,6 +109,9 @@ class RecipeConfig:
             length (0: no such stage, as in recipes written before it).
         caption_teacher: The student's edit path taught by its own caption path, after ``scene``;
             ``caption_teacher_steps`` its length (0: no such stage, as in recipes written before it).
+        teacher_caption: The guided teacher's edit path taught by its own caption path, after ``scene``
+            (forward-noised rows, the unconditional branch anchored); ``teacher_caption_steps`` its length
+            (0: no such stage, as in recipes written before it).
         edit_image_features: Whether the edit features the UNet sees keep the VLM's image tokens (the
             official templates' drop; the shipped recipe). False: the folder's edit ``drop_idx`` also covers
             them, so the UNet reads only the instruction and closing tokens, which see image and instruction
@@ -142,6 +150,10 @@ class RecipeConfig:
     scene_steps: int = 10000
     caption_teacher: CaptionTeacherConfig = field(default_factory=CaptionTeacherConfig)
     caption_teacher_steps: int = 300
+    teacher_caption: CaptionTeacherConfig = field(
+        default_factory=lambda: CaptionTeacherConfig(states="forward", uncond_share=0.25)
+    )
+    teacher_caption_steps: int = 300
     edit_image_features: bool = True
     seed: int = 0
 
@@ -179,6 +191,8 @@ class RecipeConfig:
             scene_steps=2,
             caption_teacher=CaptionTeacherConfig(batch=4, warmup=1),
             caption_teacher_steps=2,
+            teacher_caption=CaptionTeacherConfig(batch=4, warmup=1, states="forward", uncond_share=1.0),
+            teacher_caption_steps=2,
         )
 
     def vae_stage(self, vae: Any, **overrides: Any) -> vae_fit.VaeStage:
@@ -234,8 +248,10 @@ class RecipeConfig:
         d.setdefault("edit_image_features", True)  # absent from a recipe.json written before the choice
         d.setdefault("scene_steps", 0)  # absent from a recipe.json written before the scene stage existed
         d.setdefault("caption_teacher_steps", 0)  # absent from one written before that stage existed
-        if "caption_teacher" in d:
-            d["caption_teacher"] = CaptionTeacherConfig(**d["caption_teacher"])
+        d.setdefault("teacher_caption_steps", 0)  # absent from one written before that stage existed
+        for key in ("caption_teacher", "teacher_caption"):
+            if key in d:
+                d[key] = CaptionTeacherConfig(**d[key])
         if "scene" in d:  # ``changed_scale`` is absent from one written before the weighting (it was 0)
             d["scene"] = SceneConfig(**{"changed_scale": 0.0, **d["scene"]})
         if "align" in d:
@@ -636,32 +652,73 @@ class Recipe:
         Writes ``<run>/caption_teacher/student`` (only its UNet's weights differ) and copies it to ``out``.
         Reports the held-out edit rows' error (against the caption teacher) before and after.
         """
-        from model_runtime.train import shapes_eval
-
         total = self.cfg.caption_teacher_steps
         if total == 0:  # not part of this recipe
             self._mark_done("caption_teacher", {"skipped": True})
             return
         source = self.student_folder("scene" if self.cfg.scene_steps > 0 else "distill")
-        models = NanoModels.from_folder(source)
-        stage = CaptionTeacherStage(models, self.cfg.caption_teacher, total, seed=self.cfg.seed + 600)
-        held = [it.edit for it in shapes_eval.edit_items("heldout")]
-        before = stage.heldout_error(held)
-        log = run_stage(
-            stage, "caption_teacher", total, self.run_dir, resume=self.resume, progress=self.progress
-        )
-        self._record(log)
-        unet = models.unet.eval().requires_grad_(False)
-        info: dict[str, Any] = {
-            "source": str(source),
-            "heldout_error": {"before": before, "after": stage.heldout_error(held)},
-        }
+        info, unet = self._caption_stage("caption_teacher", source, self.cfg.caption_teacher, total, 600)
         student = self._rewrite(source, self.student_folder("caption_teacher"), "unet", unet)
         info["student"] = str(student)
         info["bytes"] = folder_bytes(student)
         if out is not None:
             info["out"] = str(_copy_folder(student, out))
         self._mark_done("caption_teacher", info)
+
+    def run_teacher_caption(self) -> None:
+        """Stage 13: trains the UNet of the guided teacher ``scene`` left (``teacher/`` without scene steps).
+
+        Writes ``<run>/teacher_caption/teacher`` (only its UNet's weights differ). Reports the held-out edit
+        rows' error (against the teacher's own caption path) before and after.
+
+        Raises:
+            FileNotFoundError: The run holds no teacher folder.
+            ValueError: The teacher's text and image guidance differ (the stage's target assumes them equal).
+        """
+        total = self.cfg.teacher_caption_steps
+        if total == 0:  # not part of this recipe
+            self._mark_done("teacher_caption", {"skipped": True})
+            return
+        g, g_img = self.cfg.distill.guidance
+        if g != g_img:
+            raise ValueError(
+                "distill.guidance: the teacher_caption stage needs equal text and image guidance, got "
+                f"{g!r}, {g_img!r}; set teacher_caption_steps=0 to leave the stage out"
+            )
+        source = self.run_dir / "scene" / "teacher" if self.cfg.scene_steps > 0 else self.run_dir / "teacher"
+        if not source.is_dir():
+            raise FileNotFoundError(
+                f"the teacher_caption stage trains the teacher folder {source}, which this run does not hold"
+            )
+        info, unet = self._caption_stage("teacher_caption", source, self.cfg.teacher_caption, total, 700)
+        teacher = self._rewrite(source, self.run_dir / "teacher_caption" / "teacher", "unet", unet)
+        info["teacher"] = str(teacher)
+        info["bytes"] = folder_bytes(teacher)
+        self._mark_done("teacher_caption", info)
+
+    def _caption_stage(
+        self, name: str, source: Path, cfg: CaptionTeacherConfig, total: int, seed_offset: int
+    ) -> tuple[dict[str, Any], Any]:
+        """Run a :class:`CaptionTeacherStage` on the folder ``source`` as stage ``name``.
+
+        Returns:
+            The stage's report (its source and the held-out edit rows' error before and after) and the
+            trained UNet (eval mode, frozen).
+        """
+        from model_runtime.train import shapes_eval
+
+        models = NanoModels.from_folder(source)
+        stage = CaptionTeacherStage(models, cfg, total, seed=self.cfg.seed + seed_offset)
+        held = [it.edit for it in shapes_eval.edit_items("heldout")]
+        before = stage.heldout_error(held)
+        log = run_stage(stage, name, total, self.run_dir, resume=self.resume, progress=self.progress)
+        self._record(log)
+        unet = models.unet.eval().requires_grad_(False)
+        info: dict[str, Any] = {
+            "source": str(source),
+            "heldout_error": {"before": before, "after": stage.heldout_error(held)},
+        }
+        return info, unet
 
     @staticmethod
     def _rewrite(folder: Path, out: Path, component: str, module: Any) -> Path:
@@ -735,6 +792,8 @@ class Recipe:
                 self.run_scene(out)
             elif name == "caption_teacher":
                 self.run_caption_teacher(out)
+            elif name == "teacher_caption":
+                self.run_teacher_caption()
             else:
                 raise ValueError(f"unknown stage `{name}`; stages: {', '.join(STAGES)}")
             timings[name] = round(time.perf_counter() - t0, 1)

@@ -136,6 +136,9 @@ def main() -> None:
         if cfg.caption_teacher_steps > 0:  # the UNet, on-policy on the student's own steps
             ct = CaptionTeacherStage(models, cfg.caption_teacher, cfg.caption_teacher_steps, 1)
             per_step["caption_teacher"] = _time_steps(ct, args.warmup, args.steps)
+        if cfg.teacher_caption_steps > 0:  # the teacher's UNet at forward-noised rows
+            tc = CaptionTeacherStage(models, cfg.teacher_caption, cfg.teacher_caption_steps, 1)
+            per_step["teacher_caption"] = _time_steps(tc, args.warmup, args.steps)
 
     shipped = json.loads(SHIPPED_LOG.read_text()) if SHIPPED_LOG.is_file() else {}
     rows = []

@@ -198,20 +198,25 @@ def test_the_shipped_recipe_is_the_default_and_an_older_run_s_recipe_still_loads
     assert shipped.edit_image_features  # written before the choice: the official edit drop
     tried = Path("docs/results/nano/edit-image-features-off/recipe.json")
     assert RecipeConfig.from_json(json.loads(tried.read_text())) == replace(
-        RecipeConfig(), edit_image_features=False, scene_steps=0, caption_teacher_steps=0
-    )  # the measured variant differs in that one setting (and was written before the last two stages)
+        RecipeConfig(),
+        edit_image_features=False,
+        scene_steps=0,
+        caption_teacher_steps=0,
+        teacher_caption_steps=0,
+    )  # the measured variant differs in that one setting (and was written before the last three stages)
     previous = json.loads(Path("docs/results/nano/run2/recipe.json").read_text())
     assert "copy" not in previous  # written before the copy stage and the copy-rewarding loss existed
     cfg = RecipeConfig.from_json(previous)
     assert (cfg.copy_steps, cfg.joint.keep_weight) == (0, None)
     run4 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run4/recipe.json").read_text()))
     run5 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run5/recipe.json").read_text()))
-    assert run5 == replace(RecipeConfig(), scene_steps=0, caption_teacher_steps=0)  # since: the scene stage
+    no_later = {"caption_teacher_steps": 0, "teacher_caption_steps": 0}  # stages added after these runs
+    assert run5 == replace(RecipeConfig(), scene_steps=0, **no_later)  # since: the scene stage
     run6 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run6/recipe.json").read_text()))
     unweighted = replace(RecipeConfig().scene, changed_scale=0.0)  # since: the changed row's weight, longer
-    assert run6 == replace(RecipeConfig(), scene=unweighted, scene_steps=7000, caption_teacher_steps=0)
+    assert run6 == replace(RecipeConfig(), scene=unweighted, scene_steps=7000, **no_later)
     run7 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run7/recipe.json").read_text()))
-    assert run7 == replace(RecipeConfig(), caption_teacher_steps=0)  # since: the caption_teacher stage
+    assert run7 == replace(RecipeConfig(), **no_later)  # since: the caption_teacher stage
     assert run4 == replace(run5, vae_leak=0.0, align_steps=0)  # since: the leaky fuse, align
     relu_vae = replace(run4, vae_hard_share=0.0, sizes=replace(NanoSizes(), vae_act_fn="relu"))
     assert cfg == replace(relu_vae, read_steps=500)  # and then a 3x longer read stage
