@@ -21,14 +21,13 @@ probe it started as (``scripts/nano_caption_teacher_probe.py`` at commit d9e0d88
 The recipe's ``teacher_caption`` stage runs the same stage on the guided 28-step teacher with
 ``states="forward"``: rows sit at forward-noised target latents (the flow-matching training points,
 logit-normal t) instead of the student's 4-step trajectory, which would cost the teacher's guided steps to
-walk. With
-equal text and image guidance g the base pipeline's guided edit velocity is ``g·v_edit + (1 − g)·v∅_edit``
-(the image-only branch cancels) and its guided generate velocity ``g·v_caption + (1 − g)·v∅``, where the
-unconditional branches are the empty templates with a zero condition latent (the edit's still shows the VLM
-the source). So the stage regresses both branches of the edit: the request onto the caption, and, for
-``uncond_share`` of the edit rows, the edit's empty template onto the generate one; the guided edit then
-learns the guided generation of the target's caption exactly. The same share of the generate rows anchor
-``v∅`` itself.
+walk. With equal text and image guidance g the base pipeline's guided edit velocity is
+``g·v_edit + (1 − g)·v∅_edit`` (the image-only branch cancels) and its guided generate velocity
+``g·v_caption + (1 − g)·v∅``, where the unconditional branches are the empty templates with a zero condition
+latent (the edit's still shows the VLM the source). So the stage regresses both branches of the edit: the
+request onto the caption, and, for ``uncond_share`` of the edit rows, the edit's empty template onto the
+generate one; the guided edit then learns the guided generation of the target's caption exactly. The same
+share of the generate rows anchor ``v∅`` itself.
 """
 
 from __future__ import annotations

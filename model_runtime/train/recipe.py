@@ -552,7 +552,7 @@ class Recipe:
     def write_teacher(self, models: NanoModels) -> Path:
         """The joint stage's EMA as a guided ``base`` folder (28 steps)."""
         return write_folder(
-            self.run_dir / "teacher",
+            self.teacher_folder("joint"),
             sizes=self.cfg.sizes,
             tokenizer=self.tokenizer(),
             text_encoder=models.text_encoder,
@@ -602,6 +602,10 @@ class Recipe:
         """The student folder ``stage`` writes (``distill``: ``<run>/student``)."""
         return self.run_dir / "student" if stage == "distill" else self.run_dir / stage / "student"
 
+    def teacher_folder(self, stage: str) -> Path:
+        """The teacher folder ``stage`` writes (``joint``: ``<run>/teacher``)."""
+        return self.run_dir / "teacher" if stage == "joint" else self.run_dir / stage / "teacher"
+
     def run_scene(self, out: Path | None) -> None:
         """Stage 11: trains the encoder of ``<run>/student``.
 
@@ -637,9 +641,9 @@ class Recipe:
         student = self._rewrite(source, self.student_folder("scene"), "text_encoder", encoder)
         info["student"] = str(student)
         info["bytes"] = folder_bytes(student)
-        if (self.run_dir / "teacher").is_dir():
+        if self.teacher_folder("joint").is_dir():
             teacher = self._rewrite(
-                self.run_dir / "teacher", self.run_dir / "scene" / "teacher", "text_encoder", encoder
+                self.teacher_folder("joint"), self.teacher_folder("scene"), "text_encoder", encoder
             )
             info["teacher"] = str(teacher)
         if out is not None and self.last_student_stage() == "scene":
@@ -685,13 +689,13 @@ class Recipe:
                 "distill.guidance: the teacher_caption stage needs equal text and image guidance, got "
                 f"{g!r}, {g_img!r}; set teacher_caption_steps=0 to leave the stage out"
             )
-        source = self.run_dir / "scene" / "teacher" if self.cfg.scene_steps > 0 else self.run_dir / "teacher"
+        source = self.teacher_folder("scene" if self.cfg.scene_steps > 0 else "joint")
         if not source.is_dir():
             raise FileNotFoundError(
                 f"the teacher_caption stage trains the teacher folder {source}, which this run does not hold"
             )
         info, unet = self._caption_stage("teacher_caption", source, self.cfg.teacher_caption, total, 700)
-        teacher = self._rewrite(source, self.run_dir / "teacher_caption" / "teacher", "unet", unet)
+        teacher = self._rewrite(source, self.teacher_folder("teacher_caption"), "unet", unet)
         info["teacher"] = str(teacher)
         info["bytes"] = folder_bytes(teacher)
         self._mark_done("teacher_caption", info)
