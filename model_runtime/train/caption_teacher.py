@@ -27,7 +27,10 @@ walk. With equal text and image guidance g the base pipeline's guided edit veloc
 latent (the edit's still shows the VLM the source). So the stage regresses both branches of the edit: the
 request onto the caption, and, for ``uncond_share`` of the edit rows, the edit's empty template onto the
 generate one; the guided edit then learns the guided generation of the target's caption exactly. The same
-share of the generate rows anchor ``v∅`` itself.
+share of the generate rows anchor ``v∅`` itself. Measured on the recipe's teacher (``docs/nano.md``): 600
+steps take its held-out edits from 0.334 to 0.806 and keep generation at 0.944 (count 0.812); 300 steps
+edited at 0.773 and generated at 0.929 (count 0.785); the longer stage ends with the generate rows nearer
+their anchor (mean error over its last sixth 0.0074 against 0.011).
 """
 
 from __future__ import annotations

@@ -18,31 +18,17 @@ so the ratio between the two machines is explicit. Not collected by pytest.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from _machine import cpu_info
+from _nano import bench_args, time_steps, untrained_run, write_report
 
 SHIPPED_LOG = Path(__file__).resolve().parents[2] / "docs" / "results" / "nano" / "train_log.json"
-
-
-def _time_steps(stage: Any, warmup: int, steps: int, start: int = 0) -> float:
-    """Median seconds of ``stage.step(i)`` over ``steps`` steps after ``warmup``, from step ``start``."""
-    for i in range(start, start + warmup):
-        stage.step(i)
-    times = []
-    for i in range(start + warmup, start + warmup + steps):
-        t0 = time.perf_counter()
-        stage.step(i)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _distinct(pool: int | None, draws: float) -> float:
@@ -59,21 +45,17 @@ def _encodes(pool: int | None, steps: int, batch: int, edit_share: float) -> flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per stage")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per stage (fill the cache)")
-    parser.add_argument("--out", default="bench-results/nano_recipe.json")
-    args = parser.parse_args()
+    args = bench_args(
+        __doc__, 4, 2, "bench-results/nano_recipe.json", "untimed steps per stage (fill the cache)"
+    )
 
     import torch
 
-    from model_runtime.train import vae_fit
     from model_runtime.train.align import AlignStage
     from model_runtime.train.caption_teacher import CaptionTeacherStage
     from model_runtime.train.diffusion import DiffusionStage
     from model_runtime.train.distill import DistillStage, frozen_copy
-    from model_runtime.train.recipe import STAGES, Recipe, RecipeConfig
+    from model_runtime.train.recipe import STAGES, RecipeConfig
     from model_runtime.train.scene import SceneStage
     from model_runtime.train.text_pretrain import TextPretrainStage
 
@@ -83,22 +65,17 @@ def main() -> None:
     per_step: dict[str, float] = {}
     encode_s: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = Recipe(Path(tmp), cfg, progress=False)
-        recipe.run_tokenizer()
-
-        vae = vae_fit.build_vae(cfg.sizes, seed=cfg.seed)
+        recipe, vae = untrained_run(Path(tmp), cfg)
         vae_stage = cfg.vae_stage(vae)
-        per_step["vae"] = _time_steps(vae_stage, args.warmup, args.steps)
-        (Path(tmp) / "vae").mkdir()
-        torch.save({"stage": {"vae": vae.state_dict()}}, Path(tmp) / "vae" / "ckpt.pt")
+        per_step["vae"] = time_steps(vae_stage, args.warmup, args.steps)
 
         for name in ("text", "read"):
             text_cfg = getattr(cfg, name)
             total = getattr(cfg, f"{name}_steps")
             stage = TextPretrainStage(recipe.text_encoder(), recipe.featurizer(), text_cfg, total, seed=1)
             first = min(text_cfg.captions_first, total)  # caption-only steps, then captions and edits
-            mixed = _time_steps(stage, args.warmup, args.steps, start=first) if first < total else 0.0
-            captions = _time_steps(stage, args.warmup, args.steps) if first > 0 else 0.0
+            mixed = time_steps(stage, args.warmup, args.steps, start=first) if first < total else 0.0
+            captions = time_steps(stage, args.warmup, args.steps) if first > 0 else 0.0
             per_step[name] = (captions * first + mixed * (total - first)) / total
 
         models = recipe.models()
@@ -107,22 +84,22 @@ def main() -> None:
             dcfg = getattr(cfg, name)
             total = getattr(cfg, f"{name}_steps")
             warm = DiffusionStage(models, replace(dcfg, pool=tiny_pool), total, 1)
-            per_step[name] = _time_steps(warm, args.warmup, args.steps)
+            per_step[name] = time_steps(warm, args.warmup, args.steps)
             cold = DiffusionStage(models, replace(dcfg, pool=None), total, 1)  # every image is new
-            cold_step = _time_steps(cold, 1, args.steps)
+            cold_step = time_steps(cold, 1, args.steps)
             per_encode.append(max(cold_step - per_step[name], 0.0) / (dcfg.batch * (1 + dcfg.edit_share)))
             encode_s[name] = _encodes(dcfg.pool, total, dcfg.batch, dcfg.edit_share) * per_encode[-1]
         per_image = statistics.mean(per_encode)
         dist = DistillStage(
             models, frozen_copy(models.unet), replace(cfg.distill, pool=tiny_pool), cfg.distill_steps, 1
         )
-        per_step["distill"] = _time_steps(dist, args.warmup, args.steps)
+        per_step["distill"] = time_steps(dist, args.warmup, args.steps)
         d = cfg.distill
         encode_s["distill"] = _encodes(d.pool, cfg.distill_steps, d.batch, d.edit_share) * per_image
         if cfg.align_steps > 0:  # last: it freezes the UNet the other stages share
             a = cfg.align
             align = AlignStage(models, replace(a, pool=tiny_pool), cfg.align_steps, 1)
-            per_step["align"] = _time_steps(align, args.warmup, args.steps)
+            per_step["align"] = time_steps(align, args.warmup, args.steps)
             draws = cfg.align_steps * a.batch  # one encode per target (no condition latent)
             encodes = _distinct(a.pool, draws * (1 - a.caption_share)) + _distinct(
                 a.pool, draws * a.caption_share
@@ -132,13 +109,13 @@ def main() -> None:
             scene = SceneStage(
                 models.text_encoder, models.unet, recipe.featurizer(), cfg.scene, cfg.scene_steps, 1
             )
-            per_step["scene"] = _time_steps(scene, args.warmup, args.steps)
+            per_step["scene"] = time_steps(scene, args.warmup, args.steps)
         if cfg.caption_teacher_steps > 0:  # the UNet, on-policy on the student's own steps
             ct = CaptionTeacherStage(models, cfg.caption_teacher, cfg.caption_teacher_steps, 1)
-            per_step["caption_teacher"] = _time_steps(ct, args.warmup, args.steps)
+            per_step["caption_teacher"] = time_steps(ct, args.warmup, args.steps)
         if cfg.teacher_caption_steps > 0:  # the teacher's UNet at forward-noised rows
             tc = CaptionTeacherStage(models, cfg.teacher_caption, cfg.teacher_caption_steps, 1)
-            per_step["teacher_caption"] = _time_steps(tc, args.warmup, args.steps)
+            per_step["teacher_caption"] = time_steps(tc, args.warmup, args.steps)
 
     shipped = json.loads(SHIPPED_LOG.read_text()) if SHIPPED_LOG.is_file() else {}
     rows = []
@@ -183,10 +160,7 @@ def main() -> None:
         f"total: estimated {total:.1f} min here vs {shipped_total:.1f} min recorded for the shipped run "
         f"(×{result['ratio_vs_shipped_run']}); fits 90 min: {result['fits_90_minutes']}"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":
