@@ -28,9 +28,10 @@ latent (the edit's still shows the VLM the source). So the stage regresses both 
 request onto the caption, and, for ``uncond_share`` of the edit rows, the edit's empty template onto the
 generate one; the guided edit then learns the guided generation of the target's caption exactly. The same
 share of the generate rows anchor ``v∅`` itself. Measured on the recipe's teacher (``docs/nano.md``): 600
-steps take its held-out edits from 0.334 to 0.806 and keep generation at 0.944 (count 0.812); 300 steps
-edited at 0.773 and generated at 0.929 (count 0.785); the longer stage ends with the generate rows nearer
-their anchor (mean error over its last sixth 0.0074 against 0.011).
+steps take its held-out edits from 0.334 to 0.806 and keep generation at 0.944 (count 0.812; over two noise
+seeds 0.814 and 0.939, count 0.785); 300 steps edited at 0.773 and generated at 0.929 (count 0.785, one
+seed); the longer stage ends with the generate rows nearer their anchor (mean error over its last sixth
+0.0074 against 0.011).
 """
 
 from __future__ import annotations
