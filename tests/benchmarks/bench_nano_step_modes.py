@@ -1,13 +1,12 @@
 """Can a nano recipe step be made cheaper without fewer steps? Eager fp32 against bf16 autocast and compile.
 
 The recipe's time is its steps times the seconds of a step, and its diffusion stages spend a step on the
-UNet's forward and backward at batch 32 (matrix products, convolutions and attention: the profile is
-compute-bound, not Python-bound). This script times one step of the real ``t2i``, ``joint`` and ``scene``
-stages at the real sizes (untrained weights; as ``bench_nano_recipe.py``) three ways, side by side in one run:
-eager float32 (what the recipe does), the step's loss under ``torch.autocast("cpu", torch.bfloat16)``, and the
-UNet's (or, for ``scene``, the encoder's) forward through ``torch.compile`` with static shapes (a batch whose
-text is longer compiles anew). It prints the ratio of each mode to eager and writes JSON; a mode that fails on
-a stage is reported with its error. Not collected by pytest.
+UNet's forward and backward at batch 32. This script times one step of the real ``t2i``, ``joint`` and
+``scene`` stages at the real sizes (untrained weights; as ``bench_nano_recipe.py``) three ways, side by side
+in one run: eager float32 (what the recipe does), the step's loss under ``torch.autocast("cpu",
+torch.bfloat16)``, and the UNet's (or, for ``scene``, the encoder's) forward through ``torch.compile`` with
+static shapes (a batch whose text is longer compiles anew). It prints the ratio of each mode to eager and
+writes JSON; a mode that fails on a stage is reported with its error. Not collected by pytest.
 
     python tests/benchmarks/bench_nano_step_modes.py [--steps 6] [--threads 2] \
         [--out bench-results/nano_step_modes.json]
