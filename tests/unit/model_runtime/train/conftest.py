@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,3 +21,18 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recipe, Path, d
     recipe = Recipe(run_dir, RecipeConfig.quick(), progress=False)
     timings = recipe.run(STAGES, out=out)
     return recipe, out, timings
+
+
+@pytest.fixture
+def branch_run(quick_run: tuple[Recipe, Path, dict[str, float]], tmp_path: Path) -> Callable[..., Path]:
+    """``branch(*stages)``: a copy of the quick run's folder (``tmp_path/run``) without those stages' folders.
+
+    The run's output folder is left out too; the copy is a run to resume, as ``docs/nano.md`` branches one.
+    """
+
+    def branch(*without: str) -> Path:
+        run = tmp_path / "run"
+        shutil.copytree(quick_run[0].run_dir, run, ignore=shutil.ignore_patterns(*without, "model"))
+        return run
+
+    return branch

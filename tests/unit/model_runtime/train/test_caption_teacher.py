@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -122,11 +122,10 @@ def test_the_recipe_changes_only_the_unet_file_and_ships_that_student(quick_run:
 
 
 def test_without_scene_steps_the_stage_starts_from_the_distilled_student(
-    quick_run: Run, tmp_path: Path
+    quick_run: Run, branch_run: Callable[..., Path], tmp_path: Path
 ) -> None:
     recipe, _, _ = quick_run
-    run = tmp_path / "run"
-    shutil.copytree(recipe.run_dir, run, ignore=shutil.ignore_patterns("scene", "caption_teacher", "model"))
+    run = branch_run("scene", "caption_teacher")
     cfg = replace(recipe.cfg, scene_steps=0)
     out = tmp_path / "model"
     r = Recipe(run, cfg, progress=False)
@@ -141,11 +140,10 @@ def test_without_scene_steps_the_stage_starts_from_the_distilled_student(
 
 
 def test_a_recipe_without_caption_teacher_steps_ships_the_scene_student(
-    quick_run: Run, tmp_path: Path
+    quick_run: Run, branch_run: Callable[..., Path], tmp_path: Path
 ) -> None:
     recipe, _, _ = quick_run
-    run = tmp_path / "run"
-    shutil.copytree(recipe.run_dir, run, ignore=shutil.ignore_patterns("caption_teacher", "model"))
+    run = branch_run("caption_teacher")
     (run / "scene" / "done.json").unlink()  # scene again (its checkpoint is complete: no steps)
     cfg = replace(recipe.cfg, caption_teacher_steps=0)
     out = tmp_path / "model"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -187,12 +188,11 @@ def test_the_recipe_writes_student_and_teacher_with_the_new_encoder(quick_run: R
     ).read_bytes()
 
 
-def test_a_recipe_without_later_steps_ships_the_distilled_student(quick_run: Run, tmp_path: Path) -> None:
-    import shutil
-
+def test_a_recipe_without_later_steps_ships_the_distilled_student(
+    quick_run: Run, branch_run: Callable[..., Path], tmp_path: Path
+) -> None:
     recipe, _, _ = quick_run
-    run = tmp_path / "run"
-    shutil.copytree(recipe.run_dir, run, ignore=shutil.ignore_patterns("scene", "caption_teacher", "model"))
+    run = branch_run("scene", "caption_teacher")
     (run / "distill" / "done.json").unlink()  # distill again (its checkpoint is complete: no steps)
     cfg = replace(recipe.cfg, scene_steps=0, caption_teacher_steps=0)
     out = tmp_path / "model"
