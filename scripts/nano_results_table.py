@@ -28,11 +28,19 @@ ROWS = (
         "rerun-zen4-teacher/teacher-caption-300-steps-bfloat16.json",
     ),
     (
-        "teacher (shipped recipe: `scene` encoder, `teacher_caption` 600 steps), 28 steps, guided, float32",
+        "teacher (`scene` encoder, `teacher_caption` 600 steps, one seed), 28 steps, guided, float32",
+        "rerun-zen4-teacher/teacher-caption-600-steps-float32.json",
+    ),
+    (
+        "teacher (`scene` encoder, `teacher_caption` 600 steps, one seed), 28 steps, guided, bfloat16",
+        "rerun-zen4-teacher/teacher-caption-600-steps-bfloat16.json",
+    ),
+    (
+        "teacher (shipped recipe: `scene` encoder, `teacher_caption` 900 steps), 28 steps, guided, float32",
         "teacher-28step-float32.json",
     ),
     (
-        "teacher (shipped recipe: `scene` encoder, `teacher_caption` 600 steps), 28 steps, guided, bfloat16",
+        "teacher (shipped recipe: `scene` encoder, `teacher_caption` 900 steps), 28 steps, guided, bfloat16",
         "teacher-28step-bfloat16.json",
     ),
     ("student before `scene` (`run5/`), 4 steps, float32", "run5/student-4step-float32.json"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from model_runtime.train import world
-from model_runtime.train.caption_teacher import CaptionTeacherConfig, CaptionTeacherStage
+from model_runtime.train.caption_teacher import CaptionTeacherConfig, CaptionTeacherStage, merge_weights
 from model_runtime.train.diffusion import (
     Conditions,
     Example,
@@ -107,10 +108,49 @@ def test_the_recipe_stage_rewrites_only_the_teacher_s_unet(quick_run: Run) -> No
     assert (folder.config.variant, folder.config.default_steps) == ("base", 28)
 
 
-def test_refusals_and_a_legacy_recipe(quick_run: Run, tmp_path: Path) -> None:
+def test_keep_writes_the_interpolation_of_the_start_and_the_trained_unet(
+    quick_run: Run, branch_run: Callable[..., Path]
+) -> None:
+    from safetensors.torch import load_file
+
     recipe, _, _ = quick_run
-    run = tmp_path / "run"
-    shutil.copytree(recipe.run_dir, run, ignore=shutil.ignore_patterns("teacher_caption", "model"))
+    run = branch_run("teacher_caption")
+    cfg = recipe.cfg.with_setting("teacher_caption.keep", 0.25)
+    Recipe(run, cfg, progress=False).run(("teacher_caption",))
+    weights = Path("unet/diffusion_pytorch_model.safetensors")
+    start = load_file(str(recipe.run_dir / "scene" / "teacher" / weights))
+    # the quick run's own stage: the same steps with keep 1
+    trained = load_file(str(recipe.run_dir / "teacher_caption" / "teacher" / weights))
+    merged = load_file(str(run / "teacher_caption" / "teacher" / weights))
+    assert merged.keys() == start.keys()
+    moved = [k for k in start if not torch.equal(start[k], trained[k])]
+    assert moved  # the stage trained
+    for key in start:
+        assert torch.equal(merged[key], torch.lerp(start[key], trained[key], 0.25)), key
+    done = json.loads((run / "teacher_caption" / "done.json").read_text())
+    first = json.loads((recipe.run_dir / "teacher_caption" / "done.json").read_text())
+    assert done["keep"] == 0.25
+    assert done["heldout_error_trained"] == first["heldout_error"]["after"]
+    assert done["heldout_error"]["before"] == first["heldout_error"]["before"]
+    assert done["heldout_error"]["after"] != first["heldout_error"]["after"]
+
+
+def test_merge_weights_spans_start_to_trained_and_refuses_other_tensors() -> None:
+    a = {"w": torch.zeros(3), "n": torch.tensor([1])}
+    b = {"w": torch.tensor([1.0, 2.0, -4.0]), "n": torch.tensor([5])}
+    assert torch.equal(merge_weights(a, b, 0.0)["w"], a["w"])
+    assert torch.equal(merge_weights(a, b, 1.0)["w"], b["w"])
+    assert torch.equal(merge_weights(a, b, 0.5)["w"], torch.tensor([0.5, 1.0, -2.0]))
+    assert torch.equal(merge_weights(a, b, 0.5)["n"], b["n"])  # integer tensors are not interpolated
+    with pytest.raises(ValueError, match=r"differ in \['x'\]"):
+        merge_weights(a, {**b, "x": torch.zeros(1)}, 0.5)
+    with pytest.raises(ValueError, match=r"w has shape \[3\] and \[2\]"):
+        merge_weights(a, {**b, "w": torch.zeros(2)}, 0.5)
+
+
+def test_refusals_and_a_legacy_recipe(quick_run: Run, branch_run: Callable[..., Path]) -> None:
+    recipe, _, _ = quick_run
+    run = branch_run("teacher_caption")
     unequal = replace(recipe.cfg, distill=replace(recipe.cfg.distill, guidance=(1.5, 2.0)))
     with pytest.raises(ValueError, match=r"distill.guidance: .*equal text and image guidance, got 1.5, 2.0"):
         Recipe(run, unequal, progress=False).run(("teacher_caption",))
@@ -127,3 +167,8 @@ def test_refusals_and_a_legacy_recipe(quick_run: Run, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"uncond_share: expected a value in \[0, 1\], got 1.5"):
         CaptionTeacherConfig(uncond_share=1.5)
     assert RecipeConfig().with_setting("teacher_caption.lr", 1e-4).teacher_caption.lr == 1e-4
+    with pytest.raises(ValueError, match=r"keep: expected a value in \[0, 1\], got 1.5"):
+        CaptionTeacherConfig(keep=1.5)
+    without_keep = RecipeConfig().to_json()
+    del without_keep["teacher_caption"]["keep"]  # a recipe.json written before the setting: keeps it all
+    assert RecipeConfig.from_json(without_keep).teacher_caption.keep == 1.0
