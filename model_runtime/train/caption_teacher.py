@@ -235,7 +235,10 @@ class CaptionTeacherStage:
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Keep ``cfg.keep`` of the trained change: the UNet's weights become :func:`merge_weights`' of it."""
+        """Keep ``cfg.keep`` of the trained change: the UNet becomes ``merge_weights(start, trained, keep)``.
+
+        ``start`` is the stage's starting UNet (its frozen teacher), ``trained`` the UNet as trained.
+        """
         start = self.teacher.state_dict()
         self.m.unet.load_state_dict(merge_weights(start, self.m.unet.state_dict(), self.cfg.keep))
 
