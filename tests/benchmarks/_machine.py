@@ -12,25 +12,43 @@ from pathlib import Path
 from typing import Any
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+def _cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` of ``/proc/cpuinfo`` (exact field name), else None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == name:
+                return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_generation() -> str | None:
+    """``family F model M`` of an x86 CPU (``/proc/cpuinfo``), else None.
+
+    Cloud hosts often name only the product line ("AMD EPYC"); the family and model tell its generation
+    apart (AMD family 25 model 1: Zen 3, model 17: Zen 4; family 26: Zen 5), and a step's price differs
+    between them.
+    """
+    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    return f"family {family} model {model}" if family and model else None
 
 
 def cpu_info() -> dict[str, Any]:
-    """CPU model, PyTorch's CPU capability (e.g. ``AVX2``, ``AVX512``), native bf16, core count."""
+    """CPU model and generation, PyTorch's CPU capability (e.g. ``AVX2``, ``AVX512``), native bf16, cores."""
     import torch
 
     from model_runtime.train.vae_fit import native_bf16
 
     return {
         "cpu": cpu_model(),
+        "cpu_generation": cpu_generation(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": native_bf16(),
         "cpu_count": os.cpu_count(),

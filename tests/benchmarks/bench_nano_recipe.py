@@ -1,16 +1,17 @@
 """Will ``python -m model_runtime.train`` fit its 90-minute budget on *this* machine? Per-stage step timing.
 
-The full recipe is 81 minutes on the 2-core machine that trained the shipped weights (an AVX-512 EPYC) and
-much slower on CPUs without fast matrix units, so this script measures instead of guessing: for every stage it
-builds the real stage object at the real sizes (untrained weights: the time of a step does not depend on
-them), runs ``--warmup`` steps, times ``--steps`` more and extrapolates to the recipe's step counts. The
-diffusion and distillation stages cache VAE latents per stage; their steps are timed twice, with a warm cache
-and with a cold one (every image encoded), which prices one encode inside a step, and the encodes are added
-for the expected number of distinct pool items the stage draws (``pool·(1 − (1 − 1/pool)^draws)`` per task; an
-edit encodes its source and its target). Checked against a real 60-step ``t2i`` run on a 2-core AMD EPYC:
-estimate 125 s with a separately timed encode, 146 s measured (see docs/nano.md for the current check). The
-recorded durations of the shipped run (``docs/results/nano/train_log.json``) are printed beside the estimate,
-so the ratio between the two machines is explicit. Not collected by pytest.
+The shipped recipe's stages took 226.5 minutes in all on the 2-core AVX-512 EPYCs that trained them, and the
+same stages are priced 1.9x apart on two CPUs (all but ``teacher_caption``: 126.6 estimated minutes on a Zen
+5, 237.5 on an AVX2-only Zen 3), so this script measures instead of guessing: for every stage it builds the
+real stage object at the real sizes (untrained weights: the time of a step does not depend on them), runs
+``--warmup`` steps, times ``--steps`` more and extrapolates to the recipe's step counts. The diffusion and
+distillation stages cache VAE latents per stage; their steps are timed twice, with a warm cache and with a
+cold one (every image encoded), which prices one encode inside a step, and the encodes are added for the
+expected number of distinct pool items the stage draws (``pool·(1 − (1 − 1/pool)^draws)`` per task; an edit
+encodes its source and its target). Checked against a real 60-step ``t2i`` run on a 2-core AMD EPYC: estimate
+125 s with a separately timed encode, 146 s measured (see docs/nano.md for the current check). The recorded
+durations of the shipped run (``docs/results/nano/train_log.json``) are printed beside the estimate, so the
+ratio between the two machines is explicit. Not collected by pytest.
 
     python tests/benchmarks/bench_nano_recipe.py [--steps 4] [--threads 2] \
         [--out bench-results/nano_recipe.json]
@@ -148,7 +149,8 @@ def main() -> None:
         "ratio_vs_shipped_run": round(total / shipped_total, 2) if shipped_total else None,
         "fits_90_minutes": total <= 90.0,
     }
-    cpu = f"{result['cpu']} ({result['cpu_capability']})"
+    generation = f", {result['cpu_generation']}" if result["cpu_generation"] else ""
+    cpu = f"{result['cpu']} ({result['cpu_capability']}{generation})"
     print(f"{cpu}, {args.threads} threads, VAE {result['vae_precision']}")
     print(f"{'stage':<8} {'steps':>6} {'s/step':>8} {'encode s':>9} {'est. min':>9} {'shipped min':>12}")
     for r in rows:
