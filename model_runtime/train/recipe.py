@@ -153,7 +153,7 @@ class RecipeConfig:
     teacher_caption: CaptionTeacherConfig = field(
         default_factory=lambda: CaptionTeacherConfig(states="forward", uncond_share=0.25)
     )
-    teacher_caption_steps: int = 900  # 600 counted at 0.785 over two seeds, below the target (docs/nano.md)
+    teacher_caption_steps: int = 900  # 600 counted at 0.785 over two seeds; 1200 no better (docs/nano.md)
     edit_image_features: bool = True
     seed: int = 0
 

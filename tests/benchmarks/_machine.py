@@ -6,27 +6,30 @@ estimated 98–143 min on 2 cores of an AVX2-only AMD EPYC), so every benchmark 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
 
-def _cpuinfo_field(name: str) -> str | None:
-    """The first ``name : value`` of ``/proc/cpuinfo`` (exact field name), else None."""
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's ``name : value`` fields of ``/proc/cpuinfo`` (empty where there is none), read once."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, sep, value = line.partition(":")
-            if sep and key.strip() == name:
-                return value.strip()
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return None
+    return fields
 
 
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_generation() -> str | None:
@@ -36,7 +39,7 @@ def cpu_generation() -> str | None:
     apart (AMD family 25 model 1: Zen 3, model 17: Zen 4; family 26: Zen 5), and a step's price differs
     between them.
     """
-    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    family, model = _cpuinfo().get("cpu family"), _cpuinfo().get("model")
     return f"family {family} model {model}" if family and model else None
 
 
