@@ -62,6 +62,7 @@ def prefinal_text_states(
     attention_mask: torch.Tensor,
     pixel_values: torch.Tensor | None = None,
     image_grid_thw: torch.Tensor | None = None,
+    shared_prefix: int = 0,
 ) -> torch.Tensor:
     """Last decoder layer's hidden states before the final norm (official DreamLite text features).
 
@@ -73,6 +74,11 @@ def prefinal_text_states(
         attention_mask: ``(B, T)`` int64, 1 = real token.
         pixel_values: ``(P, K)`` VLM patches of all images in the batch, or None.
         image_grid_thw: ``(n_images, 3)`` int64, or None.
+        shared_prefix: Above 0: the first ``shared_prefix`` ids are the same text in every row (no image
+            token among them, at least one real token after them in every row). The encoder is causal, so
+            their states do not depend on what follows: they are computed once, for row 0, and the rest of
+            every row attends to them through the key/value cache. The same maths, rounded differently
+            (~1e-7); training batches share a template prefix of about half their tokens.
 
     Returns:
         ``(B, T, D)`` hidden states in the encoder's dtype.
@@ -83,28 +89,83 @@ def prefinal_text_states(
     def grab(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         captured.append(args[0])
 
+    image_kwargs: dict[str, Any] = {}
+    if pixel_values is not None:
+        image_token_id = int(text_encoder.config.image_token_id)
+        image_kwargs = {
+            "pixel_values": pixel_values,
+            "image_grid_thw": image_grid_thw,
+            "mm_token_type_ids": (input_ids == image_token_id).to(torch.int32),
+        }
     with _TEXT_STATE_LOCK:
         handle = model.language_model.norm.register_forward_pre_hook(grab)
         try:
             # M-RoPE offsets are cached on the module between calls; never reuse them
             model.rope_deltas = None
-            kwargs: dict[str, Any] = {
-                "input_ids": input_ids,
-                "attention_mask": attention_mask,
-                "use_cache": False,
-            }
-            if pixel_values is not None:
-                image_token_id = int(text_encoder.config.image_token_id)
-                kwargs["pixel_values"] = pixel_values
-                kwargs["image_grid_thw"] = image_grid_thw
-                kwargs["mm_token_type_ids"] = (input_ids == image_token_id).to(torch.int32)
-            model(**kwargs)
+            if shared_prefix <= 0:
+                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **image_kwargs)
+            else:
+                _prefix_then_rest(model, input_ids, attention_mask, image_kwargs, shared_prefix)
         finally:
             handle.remove()
             model.rope_deltas = None
-    if len(captured) != 1:
-        raise RuntimeError(f"expected one call of the final norm, saw {len(captured)}")
-    return captured[0]
+    if shared_prefix <= 0:
+        if len(captured) != 1:
+            raise RuntimeError(f"expected one call of the final norm, saw {len(captured)}")
+        return captured[0]
+    if len(captured) != 2:
+        raise RuntimeError(f"expected two calls of the final norm (prefix, rest), saw {len(captured)}")
+    prefix, rest = captured  # (1, P, D), (B, T - P, D)
+    return torch.cat([prefix.expand(rest.shape[0], -1, -1), rest], dim=1)  # (B, T, D)
+
+
+def _prefix_then_rest(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_kwargs: dict[str, Any],
+    prefix: int,
+) -> None:
+    """Run ``model`` on row 0's first ``prefix`` tokens, then on every row's rest with that cache."""
+    from transformers.cache_utils import DynamicCache
+
+    B, T = input_ids.shape
+    if not 0 < prefix < T or bool((attention_mask[:, : prefix + 1] == 0).any()):
+        raise ValueError(
+            f"shared_prefix: every row needs real tokens through the prefix and one after it, got {prefix}"
+        )
+    if bool((input_ids[:, :prefix] != input_ids[:1, :prefix]).any()):
+        raise ValueError(f"shared_prefix: expected ids shared by every row, got {prefix} that are not")
+    cache = DynamicCache(config=model.config.text_config)
+    model(
+        input_ids=input_ids[:1, :prefix],
+        attention_mask=attention_mask[:1, :prefix],
+        cache=cache,
+        use_cache=True,
+    )
+    cache.batch_repeat_interleave(B)  # (B, H, P, d) keys and values of every layer
+    position_ids = None  # text after text: the cache length offsets the positions
+    rest = dict(image_kwargs)
+    if image_kwargs:
+        mm = image_kwargs["mm_token_type_ids"]  # (B, T) int32
+        if bool(mm[:, :prefix].any()):
+            raise ValueError("shared_prefix: the prefix must hold no image token")
+        full, _ = model.get_rope_index(
+            input_ids,
+            mm_token_type_ids=mm,
+            image_grid_thw=image_kwargs["image_grid_thw"],
+            attention_mask=attention_mask,
+        )  # (3, B, T) M-RoPE positions of the whole rows
+        position_ids = full[:, :, prefix:]  # (3, B, T - P)
+        rest["mm_token_type_ids"] = mm[:, prefix:]
+    model(
+        input_ids=input_ids[:, prefix:],
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=True,
+        **rest,
+    )
 
 
 class TorchTextEncoder:

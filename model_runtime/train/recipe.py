@@ -116,6 +116,10 @@ class RecipeConfig:
             official templates' drop; the shipped recipe). False: the folder's edit ``drop_idx`` also covers
             them, so the UNet reads only the instruction and closing tokens, which see image and instruction
             in the causal VLM (measured worse at this budget: ``docs/nano.md``).
+        fast_text: Every stage encodes text with ``TextFeaturizer(fast=True)``: the batch's shared template
+            prefix once, the patch embedding as a product. The same maths rounded differently, so other
+            weights than the shipped ones (which were trained without it); the stages with edit requests
+            run faster (``tests/benchmarks/bench_nano_recipe.py`` prices the recipe both ways).
         seed: Base seed (model init and data).
     """
 
@@ -155,6 +159,7 @@ class RecipeConfig:
     )
     teacher_caption_steps: int = 900  # 600 counted at 0.785 over two seeds; 1200 no better (docs/nano.md)
     edit_image_features: bool = True
+    fast_text: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -246,6 +251,7 @@ class RecipeConfig:
         d.setdefault("vae_leak", 0.0)  # absent from a recipe.json written before the leaky fuse
         d.setdefault("align_steps", 0)  # absent from a recipe.json written before the align stage existed
         d.setdefault("edit_image_features", True)  # absent from a recipe.json written before the choice
+        d.setdefault("fast_text", False)  # absent from a recipe.json written before the fast text path
         d.setdefault("scene_steps", 0)  # absent from a recipe.json written before the scene stage existed
         d.setdefault("caption_teacher_steps", 0)  # absent from one written before that stage existed
         d.setdefault("teacher_caption_steps", 0)  # absent from one written before that stage existed
@@ -292,6 +298,7 @@ def setting_stage(key: str) -> str:
         "vae_leak": "vae",
         "unet_layout": "t2i",
         "edit_image_features": "text",
+        "fast_text": "text",
     }
     stage = early.get(head, head.removesuffix("_steps"))
     if stage not in STAGES:
@@ -372,6 +379,7 @@ class Recipe:
             self.drop_idx(),
             (s.vlm_image, s.vlm_image),
             tokenizer_build.token_ids(tok)["<|endoftext|>"],
+            fast=self.cfg.fast_text,
         )
 
     def text_encoder(self) -> Any:
@@ -389,6 +397,12 @@ class Recipe:
             featurizer=featurizer,
             scheduler_config=configs.scheduler_config(),
         )
+
+    def folder_models(self, folder: Path) -> NanoModels:
+        """:meth:`NanoModels.from_folder`, its text stage set as this recipe's (``fast_text``)."""
+        models = NanoModels.from_folder(folder)
+        models.featurizer.fast = self.cfg.fast_text
+        return models
 
     def _load_stage_models(self, models: NanoModels, stage: str, ema: bool) -> None:
         state = torch.load(self.run_dir / stage / "ckpt.pt", map_location="cpu", weights_only=False)["stage"]
@@ -619,7 +633,7 @@ class Recipe:
             self._mark_done("scene", {"skipped": True})
             return
         source = self.student_folder("distill")
-        models = NanoModels.from_folder(source)
+        models = self.folder_models(source)
         stage = SceneStage(
             models.text_encoder,
             models.unet,
@@ -711,7 +725,7 @@ class Recipe:
         """
         from model_runtime.train import shapes_eval
 
-        models = NanoModels.from_folder(source)
+        models = self.folder_models(source)
         stage = CaptionTeacherStage(models, cfg, total, seed=self.cfg.seed + seed_offset)
         held = [it.edit for it in shapes_eval.edit_items("heldout")]
         before = stage.heldout_error(held)

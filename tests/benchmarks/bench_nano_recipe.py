@@ -11,7 +11,10 @@ expected number of distinct pool items the stage draws (``pool·(1 − (1 − 1/
 encodes its source and its target). Checked against a real 60-step ``t2i`` run on a 2-core AMD EPYC: estimate
 125 s with a separately timed encode, 146 s measured (see docs/nano.md for the current check). The recorded
 durations of the shipped run (``docs/results/nano/train_log.json``) are printed beside the estimate, so the
-ratio between the two machines is explicit. Not collected by pytest.
+ratio between the two machines is explicit. Every stage that encodes text is timed twice, side by side,
+with the plain text path (the shipped recipe) and with ``fast_text`` (the recipe setting: the batch's shared
+template prefix encoded once, the patch embedding as a product), and both totals are printed. Not collected
+by pytest.
 
     python tests/benchmarks/bench_nano_recipe.py [--steps 4] [--threads 2] \
         [--out bench-results/nano_recipe.json]
@@ -23,8 +26,10 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from _machine import cpu_info
 from _nano import bench_args, time_steps, untrained_run, write_report
@@ -63,79 +68,100 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = RecipeConfig()
     tiny_pool = 4  # the timed steps hit a warm cache; the encodes are added below
-    per_step: dict[str, float] = {}
+    per_step: dict[str, dict[str, float]] = {}  # stage -> text path ("plain", "fast") -> s/step
     encode_s: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         recipe, vae = untrained_run(Path(tmp), cfg)
         vae_stage = cfg.vae_stage(vae)
-        per_step["vae"] = time_steps(vae_stage, args.warmup, args.steps)
+        vae_s = time_steps(vae_stage, args.warmup, args.steps)
+        per_step["vae"] = {"plain": vae_s, "fast": vae_s}  # no text
+        models = recipe.models()
+        fz = models.featurizer  # every stage below encodes through it
+
+        def both(stage: Any, start: int = 0) -> dict[str, float]:
+            """Median seconds a step of ``stage`` with the plain and the fast text path, interleaved.
+
+            Each timed step index runs once per path, so both see the same batches and the same load.
+            """
+            times: dict[str, list[float]] = {"plain": [], "fast": []}
+            for i in range(start, start + args.warmup + args.steps):
+                for path in times:
+                    fz.fast = path == "fast"
+                    t0 = time.perf_counter()
+                    stage.step(i)
+                    if i >= start + args.warmup:
+                        times[path].append(time.perf_counter() - t0)
+            fz.fast = False
+            return {path: statistics.median(t) for path, t in times.items()}
 
         for name in ("text", "read"):
             text_cfg = getattr(cfg, name)
             total = getattr(cfg, f"{name}_steps")
-            stage = TextPretrainStage(recipe.text_encoder(), recipe.featurizer(), text_cfg, total, seed=1)
+            stage = TextPretrainStage(recipe.text_encoder(), fz, text_cfg, total, seed=1)
             first = min(text_cfg.captions_first, total)  # caption-only steps, then captions and edits
-            mixed = time_steps(stage, args.warmup, args.steps, start=first) if first < total else 0.0
-            captions = time_steps(stage, args.warmup, args.steps) if first > 0 else 0.0
-            per_step[name] = (captions * first + mixed * (total - first)) / total
+            none = {"plain": 0.0, "fast": 0.0}
+            mixed = both(stage, start=first) if first < total else none
+            captions = both(stage) if first > 0 else none
+            per_step[name] = {k: (captions[k] * first + mixed[k] * (total - first)) / total for k in none}
 
-        models = recipe.models()
         per_encode: list[float] = []
         for name in ("t2i", "edit", "joint"):
             dcfg = getattr(cfg, name)
             total = getattr(cfg, f"{name}_steps")
             warm = DiffusionStage(models, replace(dcfg, pool=tiny_pool), total, 1)
-            per_step[name] = time_steps(warm, args.warmup, args.steps)
+            per_step[name] = both(warm)
             cold = DiffusionStage(models, replace(dcfg, pool=None), total, 1)  # every image is new
             cold_step = time_steps(cold, 1, args.steps)
-            per_encode.append(max(cold_step - per_step[name], 0.0) / (dcfg.batch * (1 + dcfg.edit_share)))
+            warm_step = per_step[name]["plain"]
+            per_encode.append(max(cold_step - warm_step, 0.0) / (dcfg.batch * (1 + dcfg.edit_share)))
             encode_s[name] = _encodes(dcfg.pool, total, dcfg.batch, dcfg.edit_share) * per_encode[-1]
         per_image = statistics.mean(per_encode)
         dist = DistillStage(
             models, frozen_copy(models.unet), replace(cfg.distill, pool=tiny_pool), cfg.distill_steps, 1
         )
-        per_step["distill"] = time_steps(dist, args.warmup, args.steps)
+        per_step["distill"] = both(dist)
         d = cfg.distill
         encode_s["distill"] = _encodes(d.pool, cfg.distill_steps, d.batch, d.edit_share) * per_image
         if cfg.align_steps > 0:  # last: it freezes the UNet the other stages share
             a = cfg.align
             align = AlignStage(models, replace(a, pool=tiny_pool), cfg.align_steps, 1)
-            per_step["align"] = time_steps(align, args.warmup, args.steps)
+            per_step["align"] = both(align)
             draws = cfg.align_steps * a.batch  # one encode per target (no condition latent)
             encodes = _distinct(a.pool, draws * (1 - a.caption_share)) + _distinct(
                 a.pool, draws * a.caption_share
             )
             encode_s["align"] = encodes * per_image
         if cfg.scene_steps > 0:  # the encoder only; the UNet's ``encoder_hid_proj`` is only read
-            scene = SceneStage(
-                models.text_encoder, models.unet, recipe.featurizer(), cfg.scene, cfg.scene_steps, 1
-            )
-            per_step["scene"] = time_steps(scene, args.warmup, args.steps)
+            scene = SceneStage(models.text_encoder, models.unet, fz, cfg.scene, cfg.scene_steps, 1)
+            per_step["scene"] = both(scene)
         if cfg.caption_teacher_steps > 0:  # the UNet, on-policy on the student's own steps
             ct = CaptionTeacherStage(models, cfg.caption_teacher, cfg.caption_teacher_steps, 1)
-            per_step["caption_teacher"] = time_steps(ct, args.warmup, args.steps)
+            per_step["caption_teacher"] = both(ct)
         if cfg.teacher_caption_steps > 0:  # the teacher's UNet at forward-noised rows
             tc = CaptionTeacherStage(models, cfg.teacher_caption, cfg.teacher_caption_steps, 1)
-            per_step["teacher_caption"] = time_steps(tc, args.warmup, args.steps)
+            per_step["teacher_caption"] = both(tc)
 
     shipped = json.loads(SHIPPED_LOG.read_text()) if SHIPPED_LOG.is_file() else {}
     rows = []
     for name in sorted(per_step, key=STAGES.index):
         sec = per_step[name]
         steps = getattr(cfg, f"{name}_steps")
-        est = sec * steps + encode_s.get(name, 0.0)
+        est = {k: (v * steps + encode_s.get(name, 0.0)) / 60 for k, v in sec.items()}
         ref = shipped.get(name, {}).get("seconds")
         rows.append(
             {
                 "stage": name,
                 "steps": steps,
-                "seconds_per_step": round(sec, 3),
+                "seconds_per_step": round(sec["plain"], 3),
+                "seconds_per_step_fast_text": round(sec["fast"], 3),
                 "encode_seconds": round(encode_s.get(name, 0.0), 1),
-                "estimated_minutes": round(est / 60, 1),
+                "estimated_minutes": round(est["plain"], 1),
+                "estimated_minutes_fast_text": round(est["fast"], 1),
                 "shipped_run_minutes": None if ref is None else round(ref / 60, 1),
             }
         )
     total = sum(r["estimated_minutes"] for r in rows)
+    total_fast = sum(r["estimated_minutes_fast_text"] for r in rows)
     shipped_total = sum(r["shipped_run_minutes"] or 0.0 for r in rows)
     result = {
         **cpu_info(),
@@ -145,22 +171,30 @@ def main() -> None:
         "vae_encode_ms_per_image": round(per_image * 1000, 2),
         "stages": rows,
         "estimated_total_minutes": round(total, 1),
+        "estimated_total_minutes_fast_text": round(total_fast, 1),
+        "fast_text_vs_plain": round(total_fast / total, 2),
         "shipped_run_total_minutes": round(shipped_total, 1),
         "ratio_vs_shipped_run": round(total / shipped_total, 2) if shipped_total else None,
         "fits_90_minutes": total <= 90.0,
+        "fits_90_minutes_fast_text": total_fast <= 90.0,
     }
     generation = f", {result['cpu_generation']}" if result["cpu_generation"] else ""
     cpu = f"{result['cpu']} ({result['cpu_capability']}{generation})"
     print(f"{cpu}, {args.threads} threads, VAE {result['vae_precision']}")
-    print(f"{'stage':<8} {'steps':>6} {'s/step':>8} {'encode s':>9} {'est. min':>9} {'shipped min':>12}")
+    head = f"{'stage':<16} {'steps':>6} {'s/step':>7} {'fast':>7} {'encode s':>9} {'est. min':>9} {'fast':>6}"
+    print(f"{head} {'shipped min':>12}")
     for r in rows:
         print(
-            f"{r['stage']:<8} {r['steps']:>6} {r['seconds_per_step']:>8.3f} {r['encode_seconds']:>9.1f} "
-            f"{r['estimated_minutes']:>9.1f} {r['shipped_run_minutes'] or 0:>12.1f}"
+            f"{r['stage']:<16} {r['steps']:>6} {r['seconds_per_step']:>7.3f} "
+            f"{r['seconds_per_step_fast_text']:>7.3f} {r['encode_seconds']:>9.1f} "
+            f"{r['estimated_minutes']:>9.1f} {r['estimated_minutes_fast_text']:>6.1f} "
+            f"{r['shipped_run_minutes'] or 0:>12.1f}"
         )
     print(
-        f"total: estimated {total:.1f} min here vs {shipped_total:.1f} min recorded for the shipped run "
-        f"(×{result['ratio_vs_shipped_run']}); fits 90 min: {result['fits_90_minutes']}"
+        f"total: estimated {total:.1f} min here "
+        f"(fast_text: {total_fast:.1f}, ×{result['fast_text_vs_plain']}) "
+        f"vs {shipped_total:.1f} min recorded for the shipped run (×{result['ratio_vs_shipped_run']}); "
+        f"fits 90 min: {result['fits_90_minutes']} (fast_text: {result['fits_90_minutes_fast_text']})"
     )
     write_report(args.out, result)
 

@@ -430,3 +430,23 @@ def test_cli_set_refuses_unknown_keys_and_wrong_types(
     assert err.startswith(f"--set {setting}: ")
     assert message in err
     assert not (tmp_path / "recipe.json").exists()  # refused before anything was written
+
+
+def test_fast_text_runs_every_stage_close_to_the_plain_run(
+    quick_run: tuple[Recipe, Path, dict[str, float]], tmp_path: Path
+) -> None:
+    from model_runtime.train.recipe import setting_stage
+
+    assert setting_stage("fast_text") == "text"  # every stage from `text` on encodes text
+    fast = Recipe(tmp_path, replace(RecipeConfig.quick(), fast_text=True), progress=False)
+    assert fast.run(STAGES, out=None).keys() == set(STAGES)
+    assert fast.featurizer().fast
+    assert not quick_run[0].featurizer().fast
+    assert fast.folder_models(fast.student_folder("distill")).featurizer.fast
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    plain = json.loads((quick_run[0].run_dir / "train_log.json").read_text())
+    for stage in ("text", "read", "t2i"):  # the same maths: the first logged losses agree to rounding
+        got, want = log[stage]["losses"]["loss"][0], plain[stage]["losses"]["loss"][0]
+        assert math.isclose(got, want, rel_tol=1e-4), (stage, got, want)
+    for stage in STAGES[1:]:
+        assert all(math.isfinite(v) for v in log[stage]["losses"]["loss"]), stage
