@@ -60,8 +60,9 @@ def linear_patch_embed(text_encoder: Any) -> Iterator[None]:
 
     ``Qwen3VLVisionPatchEmbed`` is a ``Conv3d`` whose stride equals its kernel over patches that the
     processor has already flattened in the kernel's (channel, time, row, column) order, so it is
-    ``patches @ weight.view(E, -1).T + bias``. On CPU the convolution's backward took ~30 ms a training
-    batch of 32 sources (measured), the product well under one. The weights are the module's own.
+    ``patches @ weight.view(E, -1).T + bias``. On 2 CPU cores the convolution's forward and backward took
+    34 ms for a training batch of 32 sources (2048 patches), the product 6 ms (measured). The weights are
+    the module's own.
     """
     embed = text_encoder.model.visual.patch_embed
     conv = embed.proj
