@@ -75,8 +75,11 @@ class NanoModels:
         return shift_mu(self.scheduler_config, SIZE, SIZE)
 
     @classmethod
-    def from_folder(cls, folder: Path) -> NanoModels:
-        """A written model folder's UNet, VLM and VAE (frozen) in float32, eval mode, and its text stage."""
+    def from_folder(cls, folder: Path, fast_text: bool = False) -> NanoModels:
+        """A written model folder's UNet, VLM and VAE (frozen) in float32, eval mode, and its text stage.
+
+        ``fast_text``: the text stage takes :class:`TextFeaturizer`'s fast path.
+        """
         from diffusers import AutoencoderTiny, DreamLiteUNetModel
         from transformers import Qwen3VLForConditionalGeneration
 
@@ -89,7 +92,7 @@ class NanoModels:
             text_encoder=encoder.float().eval(),
             unet=unet.float().eval(),
             vae=vae.float().eval().requires_grad_(False),
-            featurizer=TextFeaturizer.for_folder(folder),
+            featurizer=TextFeaturizer.for_folder(folder, fast=fast_text),
             scheduler_config=configs.scheduler_config(),
         )
 

@@ -400,9 +400,7 @@ class Recipe:
 
     def folder_models(self, folder: Path) -> NanoModels:
         """:meth:`NanoModels.from_folder`, its text stage set as this recipe's (``fast_text``)."""
-        models = NanoModels.from_folder(folder)
-        models.featurizer.fast = self.cfg.fast_text
-        return models
+        return NanoModels.from_folder(folder, fast_text=self.cfg.fast_text)
 
     def _load_stage_models(self, models: NanoModels, stage: str, ema: bool) -> None:
         state = torch.load(self.run_dir / stage / "ckpt.pt", map_location="cpu", weights_only=False)["stage"]

@@ -8,20 +8,33 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
 def time_steps(stage: Any, warmup: int, steps: int, start: int = 0) -> float:
     """Median seconds of ``stage.step(i)`` over ``steps`` steps after ``warmup``, from step ``start``."""
-    for i in range(start, start + warmup):
-        stage.step(i)
-    times = []
-    for i in range(start + warmup, start + warmup + steps):
-        t0 = time.perf_counter()
-        stage.step(i)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time_interleaved(stage, warmup, steps, {"": lambda: None}, start)[""]
+
+
+def time_interleaved(
+    stage: Any, warmup: int, steps: int, setups: dict[str, Callable[[], None]], start: int = 0
+) -> dict[str, float]:
+    """Median seconds of ``stage.step(i)`` per variant, each step index run once per variant in turn.
+
+    ``setups`` maps a variant's name to what switches the stage to it (called before each of its steps), so
+    every variant sees the same batches and the same machine load.
+    """
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    for i in range(start, start + warmup + steps):
+        for name, setup in setups.items():
+            setup()
+            t0 = time.perf_counter()
+            stage.step(i)
+            if i >= start + warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def untrained_run(run_dir: Path, cfg: Any) -> tuple[Any, Any]:

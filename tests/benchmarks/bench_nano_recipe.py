@@ -26,13 +26,12 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from _machine import cpu_info
-from _nano import bench_args, time_steps, untrained_run, write_report
+from _nano import bench_args, time_interleaved, time_steps, untrained_run, write_report
 
 SHIPPED_LOG = Path(__file__).resolve().parents[2] / "docs" / "results" / "nano" / "train_log.json"
 
@@ -79,20 +78,11 @@ def main() -> None:
         fz = models.featurizer  # every stage below encodes through it
 
         def both(stage: Any, start: int = 0) -> dict[str, float]:
-            """Median seconds a step of ``stage`` with the plain and the fast text path, interleaved.
-
-            Each timed step index runs once per path, so both see the same batches and the same load.
-            """
-            times: dict[str, list[float]] = {"plain": [], "fast": []}
-            for i in range(start, start + args.warmup + args.steps):
-                for path in times:
-                    fz.fast = path == "fast"
-                    t0 = time.perf_counter()
-                    stage.step(i)
-                    if i >= start + args.warmup:
-                        times[path].append(time.perf_counter() - t0)
+            """Seconds a step of ``stage`` with the plain and the fast text path, interleaved."""
+            paths = {"plain": lambda: setattr(fz, "fast", False), "fast": lambda: setattr(fz, "fast", True)}
+            seconds = time_interleaved(stage, args.warmup, args.steps, paths, start)
             fz.fast = False
-            return {path: statistics.median(t) for path, t in times.items()}
+            return seconds
 
         for name in ("text", "read"):
             text_cfg = getattr(cfg, name)
