@@ -28,16 +28,20 @@ writes the same folders with the new encoder.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from model_runtime.train import world
 from model_runtime.train.loop import cosine_lr
 from model_runtime.train.text_features import TextFeaturizer, TextRequest
+from model_runtime.train.text_pretrain import N_COLOUR, N_SHAPE, N_SIZE, scene_labels
 
 SCENE_ROWS = len(world.POSITIONS) + 1
 """Closing rows of an edit request that carry the target scene: one per slot, one for the background."""
@@ -60,6 +64,15 @@ class SceneConfig:
             (colour and shape changes are the small ones), weighs ``clip(changed_scale / d, 1, 10)`` in the
             scene error, so that a small change is said as precisely as a large one. 0: every scene row weighs
             the same (the first shipped stage, ``docs/results/nano/run6/``; ``docs/nano.md``).
+        source_read: Above 0: weight of an auxiliary readout of the *source* at the first
+            ``SCENE_ROWS`` tokens after ``<|vision_end|>`` (the diptych sentence, the same words at the same
+            places in every request, right after the image): token ``j`` is asked, at the output of decoder
+            layer ``source_read_layer``, for the source's object at slot ``j`` (the last one: its
+            background). Those rows sit at a fixed distance from the image, so they can find a slot's cells
+            by position, and the closing rows can then find a slot by the word that holds it instead of
+            among identical image tokens. The heads are thrown away with the stage. 0 (the shipped stage):
+            no readout.
+        source_read_layer: The decoder layer (0-based) whose output the readout reads.
     """
 
     batch: int = 32
@@ -70,6 +83,8 @@ class SceneConfig:
     neutral: float = 1.0
     weight_decay: float = 0.0
     changed_scale: float = 1.0
+    source_read: float = 0.0
+    source_read_layer: int = 1
 
 
 class SceneTargets:
@@ -148,6 +163,83 @@ class SceneTargets:
         return self._one[o]
 
 
+class SourceReadout(nn.Module):
+    """Heads that ask the diptych rows for the source scene (:attr:`SceneConfig.source_read`).
+
+    Args:
+        dim: The encoder's hidden size.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(dim, eps=1e-6)
+        self.slot_head = nn.Linear(dim, N_COLOUR + N_SHAPE + N_SIZE)
+        self.bg_head = nn.Linear(dim, len(world.BACKGROUND_NAMES))
+
+    def loss(self, states: torch.Tensor, sources: Sequence[world.Scene]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the readout and the fraction of slots (and backgrounds) read exactly.
+
+        Args:
+            states: ``(B, SCENE_ROWS, D)`` the diptych rows' states, slots in ``world.POSITIONS`` order, then
+                the background's.
+            sources: The requests' source scenes.
+        """
+        labels = [scene_labels(s) for s in sources]
+        slot_y = torch.tensor([lab for lab, _ in labels]).view(len(sources), -1, 3)  # (B, 5, 3) int64
+        bg_y = torch.tensor([bg for _, bg in labels])  # (B,) int64
+        h = self.norm(states.float())  # (B, 6, D) f32
+        logits = self.slot_head(h[:, :-1])  # (B, 5, 15)
+        bg_logits = self.bg_head(h[:, -1])  # (B, 3)
+        parts = torch.split(logits, [N_COLOUR, N_SHAPE, N_SIZE], dim=-1)
+        loss = F.cross_entropy(bg_logits, bg_y)
+        right = [bg_logits.argmax(-1) == bg_y]  # (B,) bool each
+        for k, part in enumerate(parts):
+            loss = loss + F.cross_entropy(part.flatten(0, 1), slot_y[..., k].flatten())
+        exact = torch.stack([p.argmax(-1) for p in parts], -1).eq(slot_y).all(-1)  # (B, 5) bool
+        right.extend(exact.unbind(1))
+        return loss, torch.stack(right).float().mean()
+
+
+@contextmanager
+def layer_states(text_encoder: Any, layer: int) -> Iterator[list[torch.Tensor]]:
+    """Collect the outputs of one decoder layer of ``text_encoder`` while the block runs.
+
+    The list holds one ``(B, T, D)`` tensor per call of the layer: one for the plain text path, two for the
+    shared-prefix one (``(1, P, D)`` the prefix, ``(B, T - P, D)`` the rest).
+    """
+    captured: list[torch.Tensor] = []
+
+    def grab(_module: nn.Module, _args: Any, out: Any) -> None:
+        captured.append(out if isinstance(out, torch.Tensor) else out[0])
+
+    handle = text_encoder.model.language_model.layers[layer].register_forward_hook(grab)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def full_rows(captured: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``(B, T, D)`` whole rows from :func:`layer_states`' list (the prefix expanded to every row)."""
+    if len(captured) == 1:
+        return captured[0]
+    if len(captured) != 2:
+        raise RuntimeError(f"expected one or two calls of the layer, saw {len(captured)}")
+    prefix, rest = captured  # (1, P, D), (B, T - P, D)
+    return torch.cat([prefix.expand(rest.shape[0], -1, -1), rest], dim=1)  # (B, T, D)
+
+
+def diptych_rows(featurizer: TextFeaturizer, vision_end_id: int) -> list[int]:
+    """Full-row indices of the ``SCENE_ROWS`` tokens after ``<|vision_end|>`` in an edit request."""
+    blank = np.zeros((8, 8, 3), np.uint8)
+    req = TextRequest("edit", "x", blank)
+    ids = featurizer.kept_ids(req)
+    if vision_end_id not in ids:
+        raise ValueError("the edit features drop the image; the diptych rows are not among them")
+    start = featurizer.drop_idx["edit"] + ids.index(vision_end_id) + 1
+    return list(range(start, start + SCENE_ROWS))
+
+
 def edit_lengths(featurizer: TextFeaturizer, edits: Sequence[world.Edit]) -> list[int]:
     """Kept rows of each edit request (the image's size does not change the count)."""
     blank = np.zeros((8, 8, 3), np.uint8)
@@ -199,9 +291,22 @@ class SceneStage:
         self.proj = copy.deepcopy(unet.encoder_hid_proj).float().eval().requires_grad_(False)
         self.targets = targets if targets is not None else SceneTargets(featurizer)
         text_encoder.requires_grad_(True)
-        self.opt = torch.optim.AdamW(
-            text_encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99)
-        )
+        self.readout: SourceReadout | None = None
+        self.diptych: list[int] = []
+        params = list(text_encoder.parameters())
+        if cfg.source_read > 0:
+            layers = int(text_encoder.config.text_config.num_hidden_layers)
+            if not 0 <= cfg.source_read_layer < layers:
+                raise ValueError(
+                    f"scene.source_read_layer: expected 0 to {layers - 1} (the encoder's decoder layers), "
+                    f"got {cfg.source_read_layer}"
+                )
+            with torch.random.fork_rng(devices=[]):  # the heads' start: a function of the stage's seed
+                torch.manual_seed(seed)
+                self.readout = SourceReadout(int(text_encoder.config.text_config.hidden_size))
+            self.diptych = diptych_rows(featurizer, int(text_encoder.config.vision_end_token_id))
+            params += list(self.readout.parameters())
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
 
     def row_error(self, feats: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` squared error of rows as the UNet sees them, relative to the target row's power."""
@@ -253,19 +358,31 @@ class SceneStage:
         for group in self.opt.param_groups:
             group["lr"] = cosine_lr(i, self.total, self.cfg.lr, self.cfg.warmup)
         self.enc.train()
-        err_scene, err_neutral = self.edit_error(edits, weighted=True)
+        read = acc = torch.zeros(())
+        if self.readout is None:
+            err_scene, err_neutral = self.edit_error(edits, weighted=True)
+        else:
+            with layer_states(self.enc, self.cfg.source_read_layer) as captured:
+                err_scene, err_neutral = self.edit_error(edits, weighted=True)
+            states = full_rows(captured)[:, self.diptych]  # (B, SCENE_ROWS, D)
+            read, acc = self.readout.loss(states, [e.source for e in edits])
         drift = self.caption_drift(scenes)
-        loss = err_scene + self.cfg.neutral * err_neutral + self.cfg.keep * drift
+        loss = (
+            err_scene + self.cfg.neutral * err_neutral + self.cfg.keep * drift + self.cfg.source_read * read
+        )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(self.enc.parameters(), 1.0)
         self.opt.step()
-        return {
+        out = {
             "loss": float(loss.detach()),
             "scene": float(err_scene.detach()),
             "neutral": float(err_neutral.detach()),
             "caption_drift": float(drift.detach()),
         }
+        if self.readout is not None:
+            out |= {"source_read": float(read.detach()), "source_read_exact": float(acc)}
+        return out
 
     @torch.no_grad()
     def heldout_error(self, edits: Sequence[world.Edit], scenes: Sequence[world.Scene]) -> dict[str, float]:
@@ -281,9 +398,14 @@ class SceneStage:
 
     def state_dict(self) -> dict[str, Any]:
         """Encoder and optimiser (the reference is the stage's starting encoder, rebuilt on resume)."""
-        return {"text_encoder": self.enc.state_dict(), "opt": self.opt.state_dict()}
+        state = {"text_encoder": self.enc.state_dict(), "opt": self.opt.state_dict()}
+        if self.readout is not None:
+            state["readout"] = self.readout.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.enc.load_state_dict(state["text_encoder"])
+        if self.readout is not None:
+            self.readout.load_state_dict(state["readout"])
         self.opt.load_state_dict(state["opt"])

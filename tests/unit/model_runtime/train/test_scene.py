@@ -21,8 +21,11 @@ from model_runtime.train.scene import (
     SceneStage,
     SceneTargets,
     changed_slots,
+    diptych_rows,
     edit_lengths,
     edit_requests,
+    full_rows,
+    layer_states,
 )
 from model_runtime.train.text_features import TextRequest
 
@@ -134,9 +137,59 @@ def test_changed_rows_weigh_more_only_when_asked(quick_run: Run) -> None:
         assert got != pytest.approx(float(big.edit_error(colour)[0]), rel=1e-3)
 
 
-def test_a_resumed_stage_continues_exactly(quick_run: Run, tmp_path: Path) -> None:
+def test_the_source_readout_asks_the_diptych_rows_for_the_source(quick_run: Run) -> None:
+    from tokenizers import Tokenizer
+
     recipe, _, _ = quick_run
-    cfg = SceneConfig(batch=4, captions=2, warmup=1)
+    m = _student(recipe)
+    tok = Tokenizer.from_file(str(m.featurizer.tokenizer_file))
+    vision_end = tok.token_to_id("<|vision_end|>")
+    rows = diptych_rows(m.featurizer, vision_end)
+    edits = _edits(11, 6)
+    drop = m.featurizer.drop_idx["edit"]
+    for req in edit_requests(edits):  # the same diptych words at the same places, before any instruction
+        ids = m.featurizer.kept_ids(req)
+        assert ids[rows[0] - drop - 1] == vision_end
+        words = [tok.id_to_token(ids[r - drop]) for r in rows]
+        assert words == ["[Edit", "]:", "ĠA", "Ġdiptych", "Ġwith", "Ġtwo"][: len(rows)]
+    layer = 0  # the quick model's encoder has one decoder layer
+    states = {}
+    for fast in (False, True):  # one call of the layer, or the shared prefix and the rest
+        m.featurizer.fast = fast
+        with torch.no_grad(), layer_states(m.text_encoder, layer) as captured:
+            m.featurizer(m.text_encoder, edit_requests(edits))
+        assert len(captured) == (2 if fast else 1)
+        states[fast] = full_rows(captured)[:, rows]  # (B, 6, D)
+    m.featurizer.fast = False
+    torch.testing.assert_close(states[True], states[False], rtol=1e-5, atol=1e-4)
+
+    def stage(weight: float) -> SceneStage:
+        fresh = _student(recipe)
+        cfg = SceneConfig(batch=8, captions=2, lr=3e-3, warmup=1, source_read=weight, source_read_layer=layer)
+        return SceneStage(fresh.text_encoder, fresh.unet, fresh.featurizer, cfg, 40, 3)
+
+    with pytest.raises(ValueError, match="source_read_layer: expected 0 to 0"):
+        SceneStage(
+            m.text_encoder, m.unet, m.featurizer, SceneConfig(source_read=1.0, source_read_layer=1), 1, 0
+        )
+    off, on = stage(0.0), stage(0.5)
+    plain, first = off.step(0), on.step(0)
+    assert off.readout is None
+    assert "source_read" not in plain
+    assert {"source_read", "source_read_exact"} <= set(first)
+    for key in ("scene", "neutral", "caption_drift"):  # the same forward; only the loss gains a term
+        assert first[key] == pytest.approx(plain[key], rel=1e-6)
+    assert first["loss"] == pytest.approx(plain["loss"] + 0.5 * first["source_read"], rel=1e-5)
+    logged = [first] + [on.step(i) for i in range(1, 40)]
+    early = np.mean([r["source_read"] for r in logged[:5]])
+    late = np.mean([r["source_read"] for r in logged[-5:]])
+    assert late < 0.8 * early  # the diptych rows learn to say the source
+
+
+@pytest.mark.parametrize("source_read", [0.0, 0.5])
+def test_a_resumed_stage_continues_exactly(quick_run: Run, tmp_path: Path, source_read: float) -> None:
+    recipe, _, _ = quick_run
+    cfg = SceneConfig(batch=4, captions=2, warmup=1, source_read=source_read, source_read_layer=0)
 
     def stage() -> SceneStage:
         m = _student(recipe)
