@@ -109,12 +109,23 @@ def prefinal_text_states(
         finally:
             handle.remove()
             model.rope_deltas = None
-    if shared_prefix <= 0:
-        if len(captured) != 1:
-            raise RuntimeError(f"expected one call of the final norm, saw {len(captured)}")
+    if shared_prefix <= 0 and len(captured) != 1:
+        raise RuntimeError(f"expected one call of the final norm, saw {len(captured)}")
+    if shared_prefix > 0 and len(captured) != 2:
+        raise RuntimeError(f"expected two calls of the final norm (prefix, rest), saw {len(captured)}")
+    return whole_rows(captured)
+
+
+def whole_rows(captured: list[torch.Tensor]) -> torch.Tensor:
+    """``(B, T, D)`` states of whole rows from what one module gave over one text pass.
+
+    One tensor (the plain pass) is returned as is; two (``shared_prefix``: ``(1, P, D)`` row 0's prefix,
+    ``(B, T - P, D)`` every row's rest) are joined, the prefix expanded to every row.
+    """
+    if len(captured) == 1:
         return captured[0]
     if len(captured) != 2:
-        raise RuntimeError(f"expected two calls of the final norm (prefix, rest), saw {len(captured)}")
+        raise RuntimeError(f"expected one or two calls (prefix, rest), saw {len(captured)}")
     prefix, rest = captured  # (1, P, D), (B, T - P, D)
     return torch.cat([prefix.expand(rest.shape[0], -1, -1), rest], dim=1)  # (B, T, D)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_runtime.backends.torch_backend import whole_rows
 from model_runtime.train import world
 from model_runtime.train.loop import cosine_lr
 from model_runtime.train.text_features import TextFeaturizer, TextRequest
@@ -219,16 +220,6 @@ def layer_states(text_encoder: Any, layer: int) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def full_rows(captured: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``(B, T, D)`` whole rows from :func:`layer_states`' list (the prefix expanded to every row)."""
-    if len(captured) == 1:
-        return captured[0]
-    if len(captured) != 2:
-        raise RuntimeError(f"expected one or two calls of the layer, saw {len(captured)}")
-    prefix, rest = captured  # (1, P, D), (B, T - P, D)
-    return torch.cat([prefix.expand(rest.shape[0], -1, -1), rest], dim=1)  # (B, T, D)
-
-
 def diptych_rows(featurizer: TextFeaturizer, vision_end_id: int) -> list[int]:
     """Full-row indices of the ``SCENE_ROWS`` tokens after ``<|vision_end|>`` in an edit request."""
     blank = np.zeros((8, 8, 3), np.uint8)
@@ -359,12 +350,13 @@ class SceneStage:
             group["lr"] = cosine_lr(i, self.total, self.cfg.lr, self.cfg.warmup)
         self.enc.train()
         read = acc = torch.zeros(())
-        if self.readout is None:
+        hook: AbstractContextManager[list[torch.Tensor]] = (
+            nullcontext([]) if self.readout is None else layer_states(self.enc, self.cfg.source_read_layer)
+        )
+        with hook as captured:
             err_scene, err_neutral = self.edit_error(edits, weighted=True)
-        else:
-            with layer_states(self.enc, self.cfg.source_read_layer) as captured:
-                err_scene, err_neutral = self.edit_error(edits, weighted=True)
-            states = full_rows(captured)[:, self.diptych]  # (B, SCENE_ROWS, D)
+        if self.readout is not None:
+            states = whole_rows(captured)[:, self.diptych]  # (B, SCENE_ROWS, D)
             read, acc = self.readout.loss(states, [e.source for e in edits])
         drift = self.caption_drift(scenes)
         loss = (

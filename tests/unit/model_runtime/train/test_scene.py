@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from model_runtime.backends.torch_backend import whole_rows
 from model_runtime.train import world
 from model_runtime.train.diffusion import NanoModels
 from model_runtime.train.loop import run_stage
@@ -24,7 +25,6 @@ from model_runtime.train.scene import (
     diptych_rows,
     edit_lengths,
     edit_requests,
-    full_rows,
     layer_states,
 )
 from model_runtime.train.text_features import TextRequest
@@ -159,7 +159,7 @@ def test_the_source_readout_asks_the_diptych_rows_for_the_source(quick_run: Run)
         with torch.no_grad(), layer_states(m.text_encoder, layer) as captured:
             m.featurizer(m.text_encoder, edit_requests(edits))
         assert len(captured) == (2 if fast else 1)
-        states[fast] = full_rows(captured)[:, rows]  # (B, 6, D)
+        states[fast] = whole_rows(captured)[:, rows]  # (B, 6, D)
     m.featurizer.fast = False
     torch.testing.assert_close(states[True], states[False], rtol=1e-5, atol=1e-4)
 
