@@ -39,8 +39,8 @@ def _run(args: argparse.Namespace) -> int:
     from model_runtime.train.recipe import STAGES, Recipe, RecipeConfig
 
     torch.set_num_threads(args.threads)
-    stages = tuple(args.stage) if args.stage else STAGES
-    unknown = [s for s in stages if s not in STAGES]
+    stages = tuple(args.stage) if args.stage else None  # None: the recipe's own order
+    unknown = [s for s in stages or () if s not in STAGES]
     if unknown:
         print(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2

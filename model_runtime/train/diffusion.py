@@ -466,12 +466,18 @@ class DiffusionStage:
         self.seed = seed
         self.mu = models.mu()
         self.cache = LatentCache(models.vae)
-        params = [
-            {"params": list(models.unet.parameters()), "lr": cfg.lr},
-            {"params": list(models.text_encoder.parameters()), "lr": cfg.text_lr},
-        ]
+        params = [{"params": list(models.unet.parameters()), "lr": cfg.lr}]
+        self.peaks = [cfg.lr]
+        # text_lr 0: the encoder is frozen (at rate 0 AdamW would not move it either: its decay scales with
+        # the rate); its features then carry no graph, the backward pass stops at them, and the
+        # gradient-norm clip covers the UNet alone
+        self.text_frozen = cfg.text_lr == 0.0
+        models.text_encoder.requires_grad_(not self.text_frozen)
+        models.unet.requires_grad_(True)  # the stage's learner, whatever a caller froze before
+        if not self.text_frozen:
+            params.append({"params": list(models.text_encoder.parameters()), "lr": cfg.text_lr})
+            self.peaks.append(cfg.text_lr)
         self.opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-        self.peaks = [cfg.lr, cfg.text_lr]
         self.ema_unet = Ema(models.unet.parameters(), cfg.ema_decay)
         self.ema_text = Ema(models.text_encoder.parameters(), cfg.ema_decay)
 
@@ -515,7 +521,7 @@ class DiffusionStage:
         for group, peak in zip(self.opt.param_groups, self.peaks, strict=True):
             group["lr"] = cosine_lr(i, self.total, peak, self.cfg.warmup)
         self.m.unet.train()
-        self.m.text_encoder.train()
+        self.m.text_encoder.train(not self.text_frozen)
         loss = self.loss(examples, rng)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]

@@ -116,6 +116,13 @@ class RecipeConfig:
             official templates' drop; the shipped recipe). False: the folder's edit ``drop_idx`` also covers
             them, so the UNet reads only the instruction and closing tokens, which see image and instruction
             in the causal VLM (measured worse at this budget: ``docs/nano.md``).
+        scene_before_edit: Run ``scene`` right after the text-encoder stages that follow ``t2i`` (``read``,
+            ``align``; ``t2i`` itself when both have 0 steps) instead of after ``distill``: the encoder learns
+            to say an edit request's target scene in the T2I caption language *before* the UNet meets edits,
+            and ``copy`` / ``edit`` start from that encoder, so the teacher and the student are trained on
+            those features from their first edit. ``scene`` then measures its rows through the T2I UNet's
+            ``encoder_hid_proj`` and writes no model folder; ``caption_teacher`` and ``teacher_caption``
+            (if they have steps) train the distilled student and the joint teacher.
         fast_text: Every stage encodes text with ``TextFeaturizer(fast=True)``: the batch's shared template
             prefix once, the patch embedding as a product. The same maths rounded differently, so other
             weights than the shipped ones (which were trained without it); the stages with edit requests
@@ -160,6 +167,7 @@ class RecipeConfig:
     teacher_caption_steps: int = 900  # 600 counted at 0.785 over two seeds; 1200 no better (docs/nano.md)
     edit_image_features: bool = True
     fast_text: bool = False
+    scene_before_edit: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -199,6 +207,21 @@ class RecipeConfig:
             teacher_caption=CaptionTeacherConfig(batch=4, warmup=1, states="forward", uncond_share=1.0),
             teacher_caption_steps=2,
         )
+
+    def stage_order(self) -> tuple[str, ...]:
+        """The stages in the order this recipe runs them.
+
+        :data:`STAGES`, with ``scene`` moved before ``copy`` when ``scene_before_edit``.
+        """
+        if not self.scene_before_edit:
+            return STAGES
+        rest = [s for s in STAGES if s != "scene"]
+        at = rest.index("copy")
+        return (*rest[:at], "scene", *rest[at:])
+
+    def late_scene(self) -> bool:
+        """Whether ``scene`` has steps and runs after ``distill`` (it then rewrites the model folders)."""
+        return self.scene_steps > 0 and not self.scene_before_edit
 
     def vae_stage(self, vae: Any, **overrides: Any) -> vae_fit.VaeStage:
         """The ``vae`` stage of this recipe for ``vae`` (``overrides``: keyword arguments of ``VaeStage``)."""
@@ -252,6 +275,7 @@ class RecipeConfig:
         d.setdefault("align_steps", 0)  # absent from a recipe.json written before the align stage existed
         d.setdefault("edit_image_features", True)  # absent from a recipe.json written before the choice
         d.setdefault("fast_text", False)  # absent from a recipe.json written before the fast text path
+        d.setdefault("scene_before_edit", False)  # absent from one written before the choice
         d.setdefault("scene_steps", 0)  # absent from a recipe.json written before the scene stage existed
         d.setdefault("caption_teacher_steps", 0)  # absent from one written before that stage existed
         d.setdefault("teacher_caption_steps", 0)  # absent from one written before that stage existed
@@ -299,6 +323,7 @@ def setting_stage(key: str) -> str:
         "unet_layout": "t2i",
         "edit_image_features": "text",
         "fast_text": "text",
+        "scene_before_edit": "scene",
     }
     stage = early.get(head, head.removesuffix("_steps"))
     if stage not in STAGES:
@@ -482,9 +507,17 @@ class Recipe:
         }
         self._mark_done(name, info)
 
-    def _reader(self) -> str:
-        """The last text-encoder-only stage before the edit stages (``align`` when the recipe has it)."""
-        return "align" if self.cfg.align_steps > 0 else "read"
+    def _reader(self, before_scene: bool = False) -> str:
+        """The last stage before the edit stages that trained the text encoder last.
+
+        ``align`` or ``read`` when the recipe gives them steps, else ``t2i``; ``scene`` when it runs before
+        the edit stages (``before_scene``: the one before it, where that ``scene`` starts).
+        """
+        if self.cfg.scene_before_edit and self.cfg.scene_steps > 0 and not before_scene:
+            return "scene"
+        if self.cfg.align_steps > 0:
+            return "align"
+        return "read" if self.cfg.read_steps > 0 else "t2i"
 
     def run_align(self) -> None:
         """Stage 6: the T2I UNet (frozen) and the encoder ``read`` left.
@@ -500,7 +533,8 @@ class Recipe:
             return
         models = self.models()
         models.unet.load_state_dict(self._stage_state("t2i")["unet"])
-        models.text_encoder.load_state_dict(self._stage_state("read")["text_encoder"])
+        reader = "read" if self.cfg.read_steps > 0 else "t2i"
+        models.text_encoder.load_state_dict(self._stage_state(reader)["text_encoder"])
         stage = AlignStage(models, self.cfg.align, total, seed=self.cfg.seed + 70)
         heldout = [
             Example(
@@ -545,7 +579,7 @@ class Recipe:
         # a text-encoder-only stage ran in between
         reader = self._reader()
         text_stage = {"t2i": "text", "copy": reader, "edit": None if copied else reader}.get(name)
-        if text_stage is not None:
+        if text_stage is not None and text_stage != previous:
             state = torch.load(self.run_dir / text_stage / "ckpt.pt", map_location="cpu", weights_only=False)
             models.text_encoder.load_state_dict(state["stage"]["text_encoder"])
             stage.ema_text = Ema(models.text_encoder.parameters(), cfg.ema_decay)
@@ -607,8 +641,9 @@ class Recipe:
 
     def last_student_stage(self) -> str:
         """The last stage of this recipe that writes a student folder (its folder is the recipe's output)."""
-        with_steps = [s for s in ("scene", "caption_teacher") if getattr(self.cfg, f"{s}_steps") > 0]
-        return with_steps[-1] if with_steps else "distill"
+        if self.cfg.caption_teacher_steps > 0:
+            return "caption_teacher"
+        return "scene" if self.cfg.late_scene() else "distill"
 
     def student_folder(self, stage: str) -> Path:
         """The student folder ``stage`` writes (``distill``: ``<run>/student``)."""
@@ -623,15 +658,42 @@ class Recipe:
 
         Writes ``<run>/scene/student`` (copied to ``out`` when it is the recipe's last student) and, when
         ``<run>/teacher`` exists, ``<run>/scene/teacher``, both with the new encoder. Reports the held-out
-        scene-row, neutral-row and caption errors before and after.
+        scene-row, neutral-row and caption errors before and after. With ``scene_before_edit`` it trains the
+        encoder the text stages after ``t2i`` left instead, for the edit stages (no folder is written).
         """
-        from model_runtime.train import shapes_eval
-
         if self.cfg.scene_steps == 0:  # not part of this recipe
             self._mark_done("scene", {"skipped": True})
             return
+        if self.cfg.scene_before_edit:
+            self._run_scene_before_edit()
+            return
         source = self.student_folder("distill")
         models = self.folder_models(source)
+        before, after = self._train_scene(models)
+        encoder = models.text_encoder.requires_grad_(False)
+        info: dict[str, Any] = {"heldout_error": {"before": before, "after": after}}
+        student = self._rewrite(source, self.student_folder("scene"), "text_encoder", encoder)
+        info["student"] = str(student)
+        info["bytes"] = folder_bytes(student)
+        if self.teacher_folder("joint").is_dir():
+            teacher = self._rewrite(
+                self.teacher_folder("joint"), self.teacher_folder("scene"), "text_encoder", encoder
+            )
+            info["teacher"] = str(teacher)
+        if out is not None and self.last_student_stage() == "scene":
+            info["out"] = str(_copy_folder(student, out))
+        self._mark_done("scene", info)
+
+    def _train_scene(self, models: NanoModels) -> tuple[dict[str, float], dict[str, float]]:
+        """Run the ``scene`` stage on ``models``' encoder, leaving it in eval mode.
+
+        The rows are measured through the UNet's ``encoder_hid_proj``.
+
+        Returns:
+            The held-out errors before and after.
+        """
+        from model_runtime.train import shapes_eval
+
         stage = SceneStage(
             models.text_encoder,
             models.unet,
@@ -647,20 +709,21 @@ class Recipe:
             stage, "scene", self.cfg.scene_steps, self.run_dir, resume=self.resume, progress=self.progress
         )
         self._record(log)
-        encoder = models.text_encoder.eval().requires_grad_(False)
-        after = stage.heldout_error(held, scenes)
-        info: dict[str, Any] = {"heldout_error": {"before": before, "after": after}}
-        student = self._rewrite(source, self.student_folder("scene"), "text_encoder", encoder)
-        info["student"] = str(student)
-        info["bytes"] = folder_bytes(student)
-        if self.teacher_folder("joint").is_dir():
-            teacher = self._rewrite(
-                self.teacher_folder("joint"), self.teacher_folder("scene"), "text_encoder", encoder
-            )
-            info["teacher"] = str(teacher)
-        if out is not None and self.last_student_stage() == "scene":
-            info["out"] = str(_copy_folder(student, out))
-        self._mark_done("scene", info)
+        models.text_encoder.eval()
+        return before, stage.heldout_error(held, scenes)
+
+    def _run_scene_before_edit(self) -> None:
+        """``scene`` with ``scene_before_edit``, on the encoder the text stages after ``t2i`` left.
+
+        Its rows are measured through the T2I UNet's ``encoder_hid_proj``; the edit stages load the encoder
+        from its checkpoint, and no model folder is written.
+        """
+        models = self.models()
+        models.unet.load_state_dict(self._stage_state("t2i")["unet"])
+        start = self._stage_state(self._reader(before_scene=True))
+        models.text_encoder.load_state_dict(start["text_encoder"])
+        before, after = self._train_scene(models)
+        self._mark_done("scene", {"heldout_error": {"before": before, "after": after}, "before_edit": True})
 
     def run_caption_teacher(self, out: Path | None) -> None:
         """Stage 12: trains the UNet of the student ``scene`` left (``student/`` without scene steps).
@@ -672,7 +735,7 @@ class Recipe:
         if total == 0:  # not part of this recipe
             self._mark_done("caption_teacher", {"skipped": True})
             return
-        source = self.student_folder("scene" if self.cfg.scene_steps > 0 else "distill")
+        source = self.student_folder("scene" if self.cfg.late_scene() else "distill")
         info, unet = self._caption_stage("caption_teacher", source, self.cfg.caption_teacher, total, 600)
         student = self._rewrite(source, self.student_folder("caption_teacher"), "unet", unet)
         info["student"] = str(student)
@@ -701,7 +764,7 @@ class Recipe:
                 "distill.guidance: the teacher_caption stage needs equal text and image guidance, got "
                 f"{g!r}, {g_img!r}; set teacher_caption_steps=0 to leave the stage out"
             )
-        source = self.teacher_folder("scene" if self.cfg.scene_steps > 0 else "joint")
+        source = self.teacher_folder("scene" if self.cfg.late_scene() else "joint")
         if not source.is_dir():
             raise FileNotFoundError(
                 f"the teacher_caption stage trains the teacher folder {source}, which this run does not hold"
@@ -781,15 +844,17 @@ class Recipe:
         return out
 
     def run(
-        self, stages: tuple[str, ...] = STAGES, out: Path | None = None, force: bool = False
+        self, stages: tuple[str, ...] | None = None, out: Path | None = None, force: bool = False
     ) -> dict[str, Any]:
-        """Run ``stages`` in order (skipping finished ones unless ``force``).
+        """Run ``stages`` in order (default: :meth:`RecipeConfig.stage_order`), skipping done ones.
+
+        ``force`` runs done stages again.
 
         Returns:
             Wall seconds per stage run now.
         """
         timings: dict[str, Any] = {}
-        for name in stages:
+        for name in self.cfg.stage_order() if stages is None else stages:
             if self._done(name) and not force:
                 logger.info("stage %s already done", name)
                 continue

@@ -16,8 +16,11 @@ with the plain text path (the shipped recipe) and with ``fast_text`` (the recipe
 template prefix encoded once, the patch embedding as a product), and both totals are printed. Not collected
 by pytest.
 
-    python tests/benchmarks/bench_nano_recipe.py [--steps 4] [--threads 2] \
+    python tests/benchmarks/bench_nano_recipe.py [--steps 4] [--threads 2] [--recipe RUN/recipe.json] \
         [--out bench-results/nano_recipe.json]
+
+``--recipe`` prices another recipe than the default one (a run's ``recipe.json``); stages with 0 steps are
+left out.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -49,7 +53,18 @@ def _encodes(pool: int | None, steps: int, batch: int, edit_share: float) -> flo
     return _distinct(pool, draws * (1 - edit_share)) + 2 * _distinct(pool, draws * edit_share)
 
 
+def _recipe_path() -> str | None:
+    """``--recipe PATH`` taken out of ``sys.argv`` (the shared parser does not know it), or None."""
+    if "--recipe" not in sys.argv:
+        return None
+    at = sys.argv.index("--recipe")
+    path = sys.argv[at + 1]
+    del sys.argv[at : at + 2]
+    return path
+
+
 def main() -> None:
+    recipe_path = _recipe_path()
     args = bench_args(
         __doc__, 4, 2, "bench-results/nano_recipe.json", "untimed steps per stage (fill the cache)"
     )
@@ -65,7 +80,7 @@ def main() -> None:
     from model_runtime.train.text_pretrain import TextPretrainStage
 
     torch.set_num_threads(args.threads)
-    cfg = RecipeConfig()
+    cfg = RecipeConfig.from_json(json.loads(Path(recipe_path).read_text())) if recipe_path else RecipeConfig()
     tiny_pool = 4  # the timed steps hit a warm cache; the encodes are added below
     per_step: dict[str, dict[str, float]] = {}  # stage -> text path ("plain", "fast") -> s/step
     encode_s: dict[str, float] = {}
@@ -87,6 +102,8 @@ def main() -> None:
         for name in ("text", "read"):
             text_cfg = getattr(cfg, name)
             total = getattr(cfg, f"{name}_steps")
+            if total == 0:
+                continue
             stage = TextPretrainStage(recipe.text_encoder(), fz, text_cfg, total, seed=1)
             first = min(text_cfg.captions_first, total)  # caption-only steps, then captions and edits
             none = {"plain": 0.0, "fast": 0.0}
@@ -98,6 +115,8 @@ def main() -> None:
         for name in ("t2i", "edit", "joint"):
             dcfg = getattr(cfg, name)
             total = getattr(cfg, f"{name}_steps")
+            if total == 0:
+                continue
             warm = DiffusionStage(models, replace(dcfg, pool=tiny_pool), total, 1)
             per_step[name] = both(warm)
             cold = DiffusionStage(models, replace(dcfg, pool=None), total, 1)  # every image is new

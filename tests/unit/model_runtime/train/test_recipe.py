@@ -450,3 +450,46 @@ def test_fast_text_runs_every_stage_close_to_the_plain_run(
         assert math.isclose(got, want, rel_tol=1e-4), (stage, got, want)
     for stage in STAGES[1:]:
         assert all(math.isfinite(v) for v in log[stage]["losses"]["loss"]), stage
+
+
+def test_scene_before_edit_trains_the_encoder_the_edit_stages_then_keep(tmp_path: Path) -> None:
+    frozen_text = {"text_lr": 0.0}
+    quick = RecipeConfig.quick()
+    cfg = replace(
+        quick,
+        scene_before_edit=True,
+        read_steps=0,
+        align_steps=0,
+        copy_steps=0,
+        edit=replace(quick.edit, **frozen_text),
+        joint=replace(quick.joint, **frozen_text),
+        caption_teacher_steps=0,
+        teacher_caption_steps=0,
+    )
+    order = cfg.stage_order()
+    assert order.index("scene") == order.index("align") + 1 == order.index("copy") - 1
+    assert sorted(order) == sorted(STAGES)
+    assert RecipeConfig.quick().stage_order() == STAGES
+    recipe = Recipe(tmp_path, cfg, progress=False)
+    out = tmp_path / "model"
+    timings = recipe.run(out=out)
+    assert tuple(timings) == order  # the default run follows the recipe's order
+
+    def encoder(stage: str) -> dict[str, torch.Tensor]:
+        state = torch.load(tmp_path / stage / "ckpt.pt", map_location="cpu", weights_only=False)["stage"]
+        return dict(state["text_encoder"])
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    done = json.loads((tmp_path / "scene" / "done.json").read_text())
+    assert done["before_edit"]
+    assert "student" not in done  # no model folder yet: the UNet has not met edits
+    assert not same(encoder("scene"), encoder("t2i"))  # the scene stage trained the T2I encoder
+    assert same(encoder("edit"), encoder("scene"))  # frozen at text_lr 0
+    assert same(encoder("joint"), encoder("scene"))
+    teacher = recipe.folder_models(recipe.teacher_folder("joint")).text_encoder.state_dict()
+    assert all(torch.equal(teacher[k], v) for k, v in encoder("scene").items())
+    assert recipe.last_student_stage() == "distill"
+    assert (out / "model_index.json").is_file()
+    assert not (tmp_path / "scene" / "student").exists()
