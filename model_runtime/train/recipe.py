@@ -508,10 +508,10 @@ class Recipe:
         self._mark_done(name, info)
 
     def _reader(self, before_scene: bool = False) -> str:
-        """The last stage before the edit stages that trained the text encoder last.
+        """The stage whose text encoder the edit stages start from.
 
-        ``align`` or ``read`` when the recipe gives them steps, else ``t2i``; ``scene`` when it runs before
-        the edit stages (``before_scene``: the one before it, where that ``scene`` starts).
+        ``scene`` when it runs before the edit stages, else ``align`` or ``read`` when the recipe gives them
+        steps, else ``t2i``. ``before_scene``: the stage that such a ``scene`` starts from.
         """
         if self.cfg.scene_before_edit and self.cfg.scene_steps > 0 and not before_scene:
             return "scene"
