@@ -74,6 +74,13 @@ class SceneConfig:
             among identical image tokens. The heads are thrown away with the stage. 0 (the shipped stage):
             no readout.
         source_read_layer: The decoder layer (0-based) whose output the readout reads.
+        target_read: Above 0: weight of an auxiliary readout of the *target* scene at the ``SCENE_ROWS``
+            closing rows (the rows the scene error trains), at the output of decoder layer
+            ``target_read_layer``: row ``j`` is asked for the target's object at slot ``j`` (the last one: its
+            background), so the closing rows learn *what* the edited scene is as labels, with a gradient as
+            large for a colour as for a move, before the last layers say it in caption language. The heads are
+            thrown away with the stage. 0 (the shipped stage): no readout.
+        target_read_layer: The decoder layer (0-based) whose output the target readout reads.
     """
 
     batch: int = 32
@@ -86,6 +93,8 @@ class SceneConfig:
     changed_scale: float = 1.0
     source_read: float = 0.0
     source_read_layer: int = 1
+    target_read: float = 0.0
+    target_read_layer: int = 2
 
 
 class SceneTargets:
@@ -283,20 +292,31 @@ class SceneStage:
         self.targets = targets if targets is not None else SceneTargets(featurizer)
         text_encoder.requires_grad_(True)
         self.readout: SourceReadout | None = None
+        self.target_readout: SourceReadout | None = None
         self.diptych: list[int] = []
         params = list(text_encoder.parameters())
-        if cfg.source_read > 0:
-            layers = int(text_encoder.config.text_config.num_hidden_layers)
-            if not 0 <= cfg.source_read_layer < layers:
+        layers = int(text_encoder.config.text_config.num_hidden_layers)
+        dim = int(text_encoder.config.text_config.hidden_size)
+        for name, weight, layer in (
+            ("source_read", cfg.source_read, cfg.source_read_layer),
+            ("target_read", cfg.target_read, cfg.target_read_layer),
+        ):
+            if weight > 0 and not 0 <= layer < layers:
                 raise ValueError(
-                    f"scene.source_read_layer: expected 0 to {layers - 1} (the encoder's decoder layers), "
-                    f"got {cfg.source_read_layer}"
+                    f"scene.{name}_layer: expected 0 to {layers - 1} (the encoder's decoder layers), "
+                    f"got {layer}"
                 )
+        if cfg.source_read > 0:
             with torch.random.fork_rng(devices=[]):  # the heads' start: a function of the stage's seed
                 torch.manual_seed(seed)
-                self.readout = SourceReadout(int(text_encoder.config.text_config.hidden_size))
+                self.readout = SourceReadout(dim)
             self.diptych = diptych_rows(featurizer, int(text_encoder.config.vision_end_token_id))
             params += list(self.readout.parameters())
+        if cfg.target_read > 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                self.target_readout = SourceReadout(dim)
+            params += list(self.target_readout.parameters())
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
 
     def row_error(self, feats: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
@@ -349,18 +369,35 @@ class SceneStage:
         for group in self.opt.param_groups:
             group["lr"] = cosine_lr(i, self.total, self.cfg.lr, self.cfg.warmup)
         self.enc.train()
-        read = acc = torch.zeros(())
+        read = acc = t_read = t_acc = torch.zeros(())
         hook: AbstractContextManager[list[torch.Tensor]] = (
             nullcontext([]) if self.readout is None else layer_states(self.enc, self.cfg.source_read_layer)
         )
-        with hook as captured:
+        t_hook: AbstractContextManager[list[torch.Tensor]] = (
+            nullcontext([])
+            if self.target_readout is None
+            else layer_states(self.enc, self.cfg.target_read_layer)
+        )
+        with hook as captured, t_hook as t_captured:
             err_scene, err_neutral = self.edit_error(edits, weighted=True)
         if self.readout is not None:
             states = whole_rows(captured)[:, self.diptych]  # (B, SCENE_ROWS, D)
             read, acc = self.readout.loss(states, [e.source for e in edits])
+        if self.target_readout is not None:
+            full = whole_rows(t_captured)  # (B, T, D)
+            drop = self.fz.drop_idx["edit"]
+            rows = torch.tensor(
+                [[drop + k - SCENE_ROWS + j for j in range(SCENE_ROWS)] for k in edit_lengths(self.fz, edits)]
+            )  # (B, SCENE_ROWS) int64 full-row index of the closing rows
+            closing = full.gather(1, rows[..., None].expand(-1, -1, full.shape[-1]))  # (B, SCENE_ROWS, D)
+            t_read, t_acc = self.target_readout.loss(closing, [e.target for e in edits])
         drift = self.caption_drift(scenes)
         loss = (
-            err_scene + self.cfg.neutral * err_neutral + self.cfg.keep * drift + self.cfg.source_read * read
+            err_scene
+            + self.cfg.neutral * err_neutral
+            + self.cfg.keep * drift
+            + self.cfg.source_read * read
+            + self.cfg.target_read * t_read
         )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -374,6 +411,8 @@ class SceneStage:
         }
         if self.readout is not None:
             out |= {"source_read": float(read.detach()), "source_read_exact": float(acc)}
+        if self.target_readout is not None:
+            out |= {"target_read": float(t_read.detach()), "target_read_exact": float(t_acc)}
         return out
 
     @torch.no_grad()
@@ -393,6 +432,8 @@ class SceneStage:
         state = {"text_encoder": self.enc.state_dict(), "opt": self.opt.state_dict()}
         if self.readout is not None:
             state["readout"] = self.readout.state_dict()
+        if self.target_readout is not None:
+            state["target_readout"] = self.target_readout.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -400,4 +441,6 @@ class SceneStage:
         self.enc.load_state_dict(state["text_encoder"])
         if self.readout is not None:
             self.readout.load_state_dict(state["readout"])
+        if self.target_readout is not None:
+            self.target_readout.load_state_dict(state["target_readout"])
         self.opt.load_state_dict(state["opt"])

@@ -261,3 +261,36 @@ def test_a_recipe_written_before_the_scene_stage_has_none() -> None:
     legacy = RecipeConfig().to_json()
     del legacy["scene"], legacy["scene_steps"]
     assert RecipeConfig.from_json(legacy) == replace(RecipeConfig(), scene_steps=0)
+
+
+def test_the_target_readout_asks_the_closing_rows_for_the_edited_scene(quick_run: Run) -> None:
+    recipe, _, _ = quick_run
+    m = _student(recipe)
+    edits = _edits(13, 6)
+    drop = m.featurizer.drop_idx["edit"]
+    n = edit_lengths(m.featurizer, edits)
+    with torch.no_grad(), layer_states(m.text_encoder, 0) as captured:
+        feats, _ = m.featurizer(m.text_encoder, edit_requests(edits))  # (B, L, D)
+    full = whole_rows(captured)  # (B, T, D) the layer's rows before the template drop
+    for b, k in enumerate(n):  # with one layer, its output is the features: the closing rows line up
+        torch.testing.assert_close(full[b, drop + k - SCENE_ROWS : drop + k], feats[b, k - SCENE_ROWS : k])
+
+    def stage(weight: float) -> SceneStage:
+        fresh = _student(recipe)
+        cfg = SceneConfig(batch=8, captions=2, lr=3e-3, warmup=1, target_read=weight, target_read_layer=0)
+        return SceneStage(fresh.text_encoder, fresh.unet, fresh.featurizer, cfg, 40, 3)
+
+    with pytest.raises(ValueError, match="target_read_layer: expected 0 to 0"):
+        SceneStage(m.text_encoder, m.unet, m.featurizer, SceneConfig(target_read=1.0), 1, 0)
+    off, on = stage(0.0), stage(0.5)
+    plain, first = off.step(0), on.step(0)
+    assert off.target_readout is None
+    assert "target_read" not in plain
+    assert {"target_read", "target_read_exact"} <= set(first)
+    for key in ("scene", "neutral", "caption_drift"):  # the same forward; only the loss gains a term
+        assert first[key] == pytest.approx(plain[key], rel=1e-6)
+    assert first["loss"] == pytest.approx(plain["loss"] + 0.5 * first["target_read"], rel=1e-5)
+    logged = [first] + [on.step(i) for i in range(1, 40)]
+    early = np.mean([r["target_read"] for r in logged[:5]])
+    late = np.mean([r["target_read"] for r in logged[-5:]])
+    assert late < 0.8 * early  # the closing rows learn to name the edited scene
