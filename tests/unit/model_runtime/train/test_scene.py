@@ -137,6 +137,19 @@ def test_changed_rows_weigh_more_only_when_asked(quick_run: Run) -> None:
         assert got != pytest.approx(float(big.edit_error(colour)[0]), rel=1e-3)
 
 
+def _assert_readout_term(on: SceneStage, plain: dict[str, float], first: dict[str, float], key: str) -> None:
+    """A readout at weight 0.5 (``on``) adds only its loss term to a plain step, and that term falls."""
+    assert key not in plain
+    assert {key, f"{key}_exact"} <= set(first)
+    for name in ("scene", "neutral", "caption_drift"):  # the same forward; only the loss gains a term
+        assert first[name] == pytest.approx(plain[name], rel=1e-6)
+    assert first["loss"] == pytest.approx(plain["loss"] + 0.5 * first[key], rel=1e-5)
+    logged = [first] + [on.step(i) for i in range(1, 40)]
+    early = np.mean([r[key] for r in logged[:5]])
+    late = np.mean([r[key] for r in logged[-5:]])
+    assert late < 0.8 * early
+
+
 def test_the_source_readout_asks_the_diptych_rows_for_the_source(quick_run: Run) -> None:
     from tokenizers import Tokenizer
 
@@ -175,15 +188,7 @@ def test_the_source_readout_asks_the_diptych_rows_for_the_source(quick_run: Run)
     off, on = stage(0.0), stage(0.5)
     plain, first = off.step(0), on.step(0)
     assert off.readout is None
-    assert "source_read" not in plain
-    assert {"source_read", "source_read_exact"} <= set(first)
-    for key in ("scene", "neutral", "caption_drift"):  # the same forward; only the loss gains a term
-        assert first[key] == pytest.approx(plain[key], rel=1e-6)
-    assert first["loss"] == pytest.approx(plain["loss"] + 0.5 * first["source_read"], rel=1e-5)
-    logged = [first] + [on.step(i) for i in range(1, 40)]
-    early = np.mean([r["source_read"] for r in logged[:5]])
-    late = np.mean([r["source_read"] for r in logged[-5:]])
-    assert late < 0.8 * early  # the diptych rows learn to say the source
+    _assert_readout_term(on, plain, first, "source_read")  # the diptych rows learn to say the source
 
 
 @pytest.mark.parametrize("source_read", [0.0, 0.5])
@@ -285,12 +290,4 @@ def test_the_target_readout_asks_the_closing_rows_for_the_edited_scene(quick_run
     off, on = stage(0.0), stage(0.5)
     plain, first = off.step(0), on.step(0)
     assert off.target_readout is None
-    assert "target_read" not in plain
-    assert {"target_read", "target_read_exact"} <= set(first)
-    for key in ("scene", "neutral", "caption_drift"):  # the same forward; only the loss gains a term
-        assert first[key] == pytest.approx(plain[key], rel=1e-6)
-    assert first["loss"] == pytest.approx(plain["loss"] + 0.5 * first["target_read"], rel=1e-5)
-    logged = [first] + [on.step(i) for i in range(1, 40)]
-    early = np.mean([r["target_read"] for r in logged[:5]])
-    late = np.mean([r["target_read"] for r in logged[-5:]])
-    assert late < 0.8 * early  # the closing rows learn to name the edited scene
+    _assert_readout_term(on, plain, first, "target_read")  # the closing rows learn to name the edited scene
