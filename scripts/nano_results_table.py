@@ -11,47 +11,8 @@ from pathlib import Path
 
 ROWS = (
     ("VAE ceiling (expected renders through the VAE)", "vae-ceiling.json"),
-    (
-        "teacher (joint EMA, its encoder before `scene`; `run5/`), 28 steps, guided, float32",
-        "run5/teacher-28step-float32.json",
-    ),
-    (
-        "teacher (joint EMA, its encoder before `scene`; `run5/`), 28 steps, guided, bfloat16",
-        "run5/teacher-28step-bfloat16.json",
-    ),
-    (
-        "teacher (`scene` encoder, `teacher_caption` 300 steps: previous recipe), 28 steps, guided, float32",
-        "rerun-zen4-teacher/teacher-caption-300-steps-float32.json",
-    ),
-    (
-        "teacher (`scene` encoder, `teacher_caption` 300 steps: previous recipe), 28 steps, guided, bfloat16",
-        "rerun-zen4-teacher/teacher-caption-300-steps-bfloat16.json",
-    ),
-    (
-        "teacher (`scene` encoder, `teacher_caption` 600 steps, one seed), 28 steps, guided, float32",
-        "rerun-zen4-teacher/teacher-caption-600-steps-float32.json",
-    ),
-    (
-        "teacher (`scene` encoder, `teacher_caption` 600 steps, one seed), 28 steps, guided, bfloat16",
-        "rerun-zen4-teacher/teacher-caption-600-steps-bfloat16.json",
-    ),
-    (
-        "teacher (shipped recipe: `scene` encoder, `teacher_caption` 900 steps), 28 steps, guided, float32",
-        "teacher-28step-float32.json",
-    ),
-    (
-        "teacher (shipped recipe: `scene` encoder, `teacher_caption` 900 steps), 28 steps, guided, bfloat16",
-        "teacher-28step-bfloat16.json",
-    ),
-    ("student before `scene` (`run5/`), 4 steps, float32", "run5/student-4step-float32.json"),
-    (
-        "student after the first `scene` (7000 steps, rows unweighted; `run6/`), 4 steps, float32",
-        "run6/student-4step-float32.json",
-    ),
-    (
-        "student after `scene` (10000 steps, changed row weighted; `run7/`), 4 steps, float32",
-        "run7/student-4step-float32.json",
-    ),
+    ("teacher (shipped recipe: joint EMA), 28 steps, guided, float32", "teacher-28step-float32.json"),
+    ("teacher (shipped recipe: joint EMA), 28 steps, guided, bfloat16", "teacher-28step-bfloat16.json"),
     ("student (shipped), 4 steps, float32", "student-4step-float32.json"),
     ("student (shipped), 4 steps, bfloat16", "student-4step-bfloat16.json"),
     ("student, 4 steps, ONNX bundle fp32 (CPU EP)", "student-4step-onnx-fp32.json"),
@@ -59,6 +20,22 @@ ROWS = (
     (
         "text path's ceiling: student, 4 steps, each edit generated from its target's caption",
         "student-4step-edits-as-captions.json",
+    ),
+    (
+        "`read` 1200 and `scene` 3300 steps (`read1200-scene3300/`): student, 4 steps, float32",
+        "read1200-scene3300/student-4step-float32.json",
+    ),
+    (
+        "weights shipped before (old order, repair stages; `run8/`): teacher, 28 steps, float32",
+        "run8/teacher-28step-float32.json",
+    ),
+    (
+        "weights shipped before (`run8/`): student, 4 steps, float32",
+        "run8/student-4step-float32.json",
+    ),
+    (
+        "weights shipped before (`run8/`): student, 4 steps, ONNX bundle w8a16 QDQ (CPU EP)",
+        "run8/student-4step-onnx-w8a16.json",
     ),
 )
 GEN = ("overall", "colour", "shape", "count", "position", "size", "background", "exact")

@@ -15,6 +15,7 @@ from model_runtime.train import configs, diffusion, shapes_eval, vae_fit, world
 from model_runtime.train.configs import NanoSizes
 from model_runtime.train.models import build_unet
 from model_runtime.train.recipe import DIFFUSION_SEEDS, STAGES, Recipe, RecipeConfig
+from model_runtime.train.scene import SceneConfig
 
 
 def test_every_stage_ran_with_finite_losses(quick_run: tuple[Recipe, Path, dict[str, float]]) -> None:
@@ -192,13 +193,37 @@ def test_recipe_rejects_an_unknown_layout() -> None:
     assert (restored.unet_layout, restored.joint.vlm_image_drop) == ("mobile", 0.0)
 
 
+def _recipe(path: str) -> RecipeConfig:
+    return RecipeConfig.from_json(json.loads(Path("docs/results/nano", path).read_text()))
+
+
 def test_the_shipped_recipe_is_the_default_and_an_older_run_s_recipe_still_loads() -> None:
-    shipped = RecipeConfig.from_json(json.loads(Path("docs/results/nano/recipe.json").read_text()))
+    shipped = _recipe("recipe.json")
     assert shipped == RecipeConfig()  # the defaults are the shipped recipe
-    assert shipped.edit_image_features  # written before the choice: the official edit drop
+    assert shipped.edit_image_features
+    order = shipped.stage_order()
+    assert order.index("read") < order.index("scene") < order.index("edit")  # scene before the UNet edits
+    assert _recipe("target-read/run/recipe.json") == shipped  # its first run, on a slower Zen 4
+    # 300 fewer read and scene steps: too few (docs/nano.md)
+    assert _recipe("read1200-scene3300/recipe.json") == replace(shipped, read_steps=1200, scene_steps=3300)
+    # the weights shipped before: scene after distill, then the two caption stages; the encoder trained on
+    old = replace(
+        shipped,
+        read_steps=1500,
+        align_steps=300,
+        edit=replace(shipped.edit, text_lr=3e-4),
+        joint=replace(shipped.joint, text_lr=3e-4),
+        scene=SceneConfig(),
+        scene_steps=10000,
+        caption_teacher_steps=300,
+        teacher_caption_steps=900,
+        fast_text=False,
+        scene_before_edit=False,
+    )
+    assert _recipe("run8/recipe.json") == old
     tried = Path("docs/results/nano/edit-image-features-off/recipe.json")
     assert RecipeConfig.from_json(json.loads(tried.read_text())) == replace(
-        RecipeConfig(),
+        old,
         edit_image_features=False,
         scene_steps=0,
         caption_teacher_steps=0,
@@ -211,12 +236,12 @@ def test_the_shipped_recipe_is_the_default_and_an_older_run_s_recipe_still_loads
     run4 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run4/recipe.json").read_text()))
     run5 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run5/recipe.json").read_text()))
     no_later = {"caption_teacher_steps": 0, "teacher_caption_steps": 0}  # stages added after these runs
-    assert run5 == replace(RecipeConfig(), scene_steps=0, **no_later)  # since: the scene stage
+    assert run5 == replace(old, scene_steps=0, **no_later)  # since: the scene stage
     run6 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run6/recipe.json").read_text()))
-    unweighted = replace(RecipeConfig().scene, changed_scale=0.0)  # since: the changed row's weight, longer
-    assert run6 == replace(RecipeConfig(), scene=unweighted, scene_steps=7000, **no_later)
+    unweighted = replace(old.scene, changed_scale=0.0)  # since: the changed row's weight, longer
+    assert run6 == replace(old, scene=unweighted, scene_steps=7000, **no_later)
     run7 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run7/recipe.json").read_text()))
-    assert run7 == replace(RecipeConfig(), **no_later)  # since: the caption_teacher stage
+    assert run7 == replace(old, **no_later)  # since: the caption_teacher stage
     assert run4 == replace(run5, vae_leak=0.0, align_steps=0)  # since: the leaky fuse, align
     relu_vae = replace(run4, vae_hard_share=0.0, sizes=replace(NanoSizes(), vae_act_fn="relu"))
     assert cfg == replace(relu_vae, read_steps=500)  # and then a 3x longer read stage
@@ -452,20 +477,33 @@ def test_fast_text_runs_every_stage_close_to_the_plain_run(
         assert all(math.isfinite(v) for v in log[stage]["losses"]["loss"]), stage
 
 
-def test_scene_before_edit_trains_the_encoder_the_edit_stages_then_keep(tmp_path: Path) -> None:
+def test_the_shipped_recipe_at_quick_sizes_trains_the_encoder_the_edit_stages_then_keep(
+    tmp_path: Path,
+) -> None:
     frozen_text = {"text_lr": 0.0}
     quick = RecipeConfig.quick()
     cfg = replace(
         quick,
         scene_before_edit=True,
-        read_steps=0,
+        fast_text=True,
         align_steps=0,
         copy_steps=0,
         edit=replace(quick.edit, **frozen_text),
         joint=replace(quick.joint, **frozen_text),
+        scene=replace(
+            quick.scene, source_read=1.0, target_read=1.0, source_read_layer=0, target_read_layer=0
+        ),
         caption_teacher_steps=0,
         teacher_caption_steps=0,
     )
+    shipped = RecipeConfig()  # the same shape: flags, readouts, frozen encoder, which stages have steps
+
+    def shape(c: RecipeConfig) -> tuple[object, ...]:
+        steps = tuple(getattr(c, f"{name}_steps") > 0 for name in STAGES if name != "tokenizer")
+        readouts = (c.scene.source_read, c.scene.target_read, c.edit.text_lr, c.joint.text_lr)
+        return (c.scene_before_edit, c.fast_text, c.edit_image_features, c.unet_layout, steps, readouts)
+
+    assert shape(cfg) == shape(shipped)
     order = cfg.stage_order()
     assert order.index("scene") == order.index("align") + 1 == order.index("copy") - 1
     assert sorted(order) == sorted(STAGES)
@@ -485,7 +523,7 @@ def test_scene_before_edit_trains_the_encoder_the_edit_stages_then_keep(tmp_path
     done = json.loads((tmp_path / "scene" / "done.json").read_text())
     assert done["before_edit"]
     assert "student" not in done  # no model folder yet: the UNet has not met edits
-    assert not same(encoder("scene"), encoder("t2i"))  # the scene stage trained the T2I encoder
+    assert not same(encoder("scene"), encoder("read"))  # the scene stage trained the reading encoder
     assert same(encoder("edit"), encoder("scene"))  # frozen at text_lr 0
     assert same(encoder("joint"), encoder("scene"))
     teacher = recipe.folder_models(recipe.teacher_folder("joint")).text_encoder.state_dict()
