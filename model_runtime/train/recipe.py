@@ -646,7 +646,7 @@ class Recipe:
         )
         info: dict[str, Any] = {"student": str(student), "bytes": folder_bytes(student)}
         if out is not None and self.last_student_stage() == "distill":
-            info["out"] = str(_copy_folder(student, out))
+            info["out"] = _recorded(_copy_folder(student, out))
         self._mark_done("distill", info)
 
     def last_student_stage(self) -> str:
@@ -691,7 +691,7 @@ class Recipe:
             )
             info["teacher"] = str(teacher)
         if out is not None and self.last_student_stage() == "scene":
-            info["out"] = str(_copy_folder(student, out))
+            info["out"] = _recorded(_copy_folder(student, out))
         self._mark_done("scene", info)
 
     def _train_scene(self, models: NanoModels) -> tuple[dict[str, float], dict[str, float]]:
@@ -751,7 +751,7 @@ class Recipe:
         info["student"] = str(student)
         info["bytes"] = folder_bytes(student)
         if out is not None:
-            info["out"] = str(_copy_folder(student, out))
+            info["out"] = _recorded(_copy_folder(student, out))
         self._mark_done("caption_teacher", info)
 
     def run_teacher_caption(self) -> None:
@@ -900,3 +900,12 @@ def _copy_folder(folder: Path, out: Path) -> Path:
         shutil.rmtree(out)
     shutil.copytree(folder, out)
     return out
+
+
+def _recorded(path: Path) -> str:
+    """``path`` as a ``done.json`` records it.
+
+    Relative to the working directory when inside it, so a record committed from the repo names no machine.
+    """
+    resolved, here = path.resolve(), Path.cwd()
+    return str(resolved.relative_to(here)) if resolved.is_relative_to(here) else str(path)

@@ -235,19 +235,19 @@ def test_the_shipped_recipe_is_the_default_and_an_older_run_s_recipe_still_loads
     assert "copy" not in previous  # written before the copy stage and the copy-rewarding loss existed
     cfg = RecipeConfig.from_json(previous)
     assert (cfg.copy_steps, cfg.joint.keep_weight) == (0, None)
-    run4 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run4/recipe.json").read_text()))
-    run5 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run5/recipe.json").read_text()))
+    run4 = _recipe("run4/recipe.json")
+    run5 = _recipe("run5/recipe.json")
     no_later = {"caption_teacher_steps": 0, "teacher_caption_steps": 0}  # stages added after these runs
     assert run5 == replace(before_scene, scene_steps=0, **no_later)  # since: the scene stage
-    run6 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run6/recipe.json").read_text()))
+    run6 = _recipe("run6/recipe.json")
     unweighted = replace(old.scene, changed_scale=0.0)  # since: the changed row's weight, longer
     assert run6 == replace(old, scene=unweighted, scene_steps=7000, **no_later)
-    run7 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run7/recipe.json").read_text()))
+    run7 = _recipe("run7/recipe.json")
     assert run7 == replace(old, **no_later)  # since: the caption_teacher stage
     assert run4 == replace(run5, vae_leak=0.0, align_steps=0)  # since: the leaky fuse, align
     relu_vae = replace(run4, vae_hard_share=0.0, sizes=replace(NanoSizes(), vae_act_fn="relu"))
     assert cfg == replace(relu_vae, read_steps=500)  # and then a 3x longer read stage
-    run3 = RecipeConfig.from_json(json.loads(Path("docs/results/nano/run3/recipe.json").read_text()))
+    run3 = _recipe("run3/recipe.json")
     assert run3 == relu_vae  # the change after it: the VAE (SiLU, every colour pair checked)
     legacy_stages = ("tokenizer", "vae", "text", "t2i", "read", "edit", "joint", "distill")
     for name in ("t2i", "edit", "joint"):  # the shipped run seeded its stages by their place in this tuple
